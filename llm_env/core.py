@@ -1,0 +1,267 @@
+"""The token-MDP rules, written once for one or many sequences.
+
+``TokenBatch`` holds B sequences as numpy arrays and applies the rules of the MDP:
+one token = one action (appended deterministically); EOS ends the episode (terminated); the
+``max_new_tokens``-th token ends it too (truncated, unless that token is EOS); the reward is 0 on
+every step except the last, which carries ``reward_model.score([prompt], [completion])`` — every
+sequence that finishes in a step is scored in ONE batched call. Both ``TokenMDPEnv`` (B = 1) and
+``TokenMDPVectorEnv`` delegate to it, so a vector env and B single envs agree token for token.
+
+Observation layout (length ``max_prompt_tokens + max_new_tokens``): the prompt tokens, then the
+generated tokens, then pad tokens; ``attention_mask`` is 1 on real tokens. Prompts longer than
+``max_prompt_tokens`` are truncated from the left (their end is what the policy continues) with
+a warning naming the prompt.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from gymnasium import spaces
+from transformers import PreTrainedTokenizerBase
+
+from llm_env.tasks import Task, make_task
+from llm_env.tokenizer import check_tokenizer, load_tokenizer
+from reward_models.base import RewardModel, checked_score, load_reward_model
+
+
+@dataclass
+class EnvSetup:
+    """Everything an env needs, resolved from the user's (mostly optional) arguments."""
+
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    reward_model: RewardModel
+    gold_reward_model: RewardModel | None
+    max_new_tokens: int
+    max_prompt_tokens: int
+    vocab_size: int
+    split: str
+
+
+def resolve_setup(
+    task: str | Task,
+    task_kwargs: dict | None,
+    tokenizer,
+    reward_model,
+    gold_reward_model,
+    max_new_tokens: int | None,
+    max_prompt_tokens: int | None,
+    vocab_size: int | None,
+    split: str,
+) -> EnvSetup:
+    """Fill in defaults from the task and check every argument, naming the one that is wrong."""
+    task = make_task(task, **(task_kwargs or {}))
+    task.prompts(split)  # validates the split name
+    tokenizer = task.tokenizer() if tokenizer is None else load_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
+    n_tokens = len(tokenizer)
+    if vocab_size is None:
+        vocab_size = n_tokens
+    if vocab_size < n_tokens:
+        raise ValueError(
+            f"vocab_size={vocab_size} (the action space) is smaller than the tokenizer's "
+            f"{n_tokens} tokens: every token id must be an action"
+        )
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("max_prompt_tokens", max_prompt_tokens),
+    ):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if reward_model is None:
+        if task.gold_reward is None:
+            raise ValueError(f"task {task.name!r} has no gold reward: pass reward_model=...")
+        reward_model = task.gold_reward
+    rm = load_reward_model(reward_model)
+    if gold_reward_model == "task":
+        gold_reward_model = task.gold_reward
+    if gold_reward_model is None:
+        gold = None
+    elif gold_reward_model == reward_model or gold_reward_model is rm:
+        gold = rm
+    else:
+        gold = load_reward_model(gold_reward_model)
+    return EnvSetup(
+        task=task,
+        tokenizer=tokenizer,
+        reward_model=rm,
+        gold_reward_model=gold,
+        max_new_tokens=int(max_new_tokens or task.max_new_tokens),
+        max_prompt_tokens=int(max_prompt_tokens or task.max_prompt_tokens),
+        vocab_size=int(vocab_size),
+        split=split,
+    )
+
+
+def observation_space(setup: EnvSetup) -> spaces.Dict:
+    length = setup.max_prompt_tokens + setup.max_new_tokens
+    return spaces.Dict(
+        {
+            "input_ids": spaces.Box(0, setup.vocab_size - 1, shape=(length,), dtype=np.int64),
+            "attention_mask": spaces.Box(0, 1, shape=(length,), dtype=np.int64),
+        }
+    )
+
+
+def draw_prompt(rng: np.random.Generator, prompts: Sequence[str]) -> str:
+    return prompts[int(rng.integers(len(prompts)))]
+
+
+def as_token_ids(actions, batch_size: int, vocab_size: int) -> np.ndarray:
+    """Validate actions: integers in ``[0, vocab_size)``, one per sequence."""
+    arr = np.asarray(actions)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"actions must be integer token ids, got dtype {arr.dtype} ({actions!r})")
+    arr = arr.reshape(-1) if arr.ndim == 0 else arr
+    if arr.shape != (batch_size,):
+        raise ValueError(
+            f"expected {batch_size} token ids (one per sequence), got shape {arr.shape}"
+        )
+    return arr.astype(np.int64)
+
+
+class TokenBatch:
+    """B sequences being generated; applies the token-MDP rules (see module docstring)."""
+
+    def __init__(self, setup: EnvSetup, batch_size: int):
+        self.setup = setup
+        self.batch_size = batch_size
+        self.pad_id = setup.tokenizer.pad_token_id
+        self.eos_id = setup.tokenizer.eos_token_id
+        width = setup.max_prompt_tokens + setup.max_new_tokens
+        self.input_ids = np.full((batch_size, width), self.pad_id, dtype=np.int64)
+        self.attention_mask = np.zeros((batch_size, width), dtype=np.int64)
+        self.prompt_len = np.zeros(batch_size, dtype=np.int64)
+        self.num_new = np.zeros(batch_size, dtype=np.int64)
+        self.started = np.zeros(batch_size, dtype=bool)
+        self.finished = np.zeros(batch_size, dtype=bool)
+        self.finish_reason: list[str | None] = [None] * batch_size
+        self.prompt_text = [""] * batch_size
+        self._warned_truncation = False
+
+    # -- episode start -------------------------------------------------------------------------
+    def start(self, index: Sequence[int], prompts: Sequence[str]) -> None:
+        """Begin new episodes for sequences ``index`` with ``prompts`` (one batched tokenizer call)."""
+        if len(index) == 0:
+            return
+        encoded = self.setup.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        limit = self.setup.max_prompt_tokens
+        for i, prompt, ids in zip(index, prompts, encoded):
+            if not ids:
+                raise ValueError(f"prompt {prompt!r} is empty after tokenization")
+            if len(ids) > limit:
+                if not self._warned_truncation:
+                    warnings.warn(
+                        f"prompt {prompt!r} has {len(ids)} tokens > max_prompt_tokens={limit}; "
+                        "keeping its last tokens (further truncations are not reported)",
+                        stacklevel=4,
+                    )
+                    self._warned_truncation = True
+                ids = ids[-limit:]
+            self.input_ids[i] = self.pad_id
+            self.attention_mask[i] = 0
+            self.input_ids[i, : len(ids)] = ids
+            self.attention_mask[i, : len(ids)] = 1
+            self.prompt_len[i] = len(ids)
+            self.prompt_text[i] = self.setup.tokenizer.decode(ids, skip_special_tokens=True)
+        index = np.asarray(index)
+        self.num_new[index] = 0
+        self.started[index] = True
+        self.finished[index] = False
+        for i in index:
+            self.finish_reason[i] = None
+
+    # -- one step --------------------------------------------------------------------------------
+    def append(
+        self, tokens: np.ndarray, active: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, dict]]:
+        """Append ``tokens[i]`` to every ``active`` sequence.
+
+        Returns ``(rewards, terminated, truncated, final_infos)``: per-sequence arrays, and the
+        final ``info`` of each sequence that finished in this step, keyed by its index.
+        """
+        vocab = self.setup.vocab_size
+        bad = active & ((tokens < 0) | (tokens >= vocab))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"token id {int(tokens[i])} (sequence {i}) is outside the action space "
+                f"Discrete({vocab}): valid ids are 0..{vocab - 1}"
+            )
+        rows = np.flatnonzero(active)
+        self.input_ids[rows, self.prompt_len[rows] + self.num_new[rows]] = tokens[rows]
+        self.attention_mask[rows, self.prompt_len[rows] + self.num_new[rows]] = 1
+        self.num_new[rows] += 1
+        terminated = active & (tokens == self.eos_id)
+        truncated = active & ~terminated & (self.num_new >= self.setup.max_new_tokens)
+        done = np.flatnonzero(terminated | truncated)
+        rewards = np.zeros(self.batch_size, dtype=np.float32)
+        final_infos: dict[int, dict] = {}
+        if done.size:
+            self.finished[done] = True
+            for i in done:
+                self.finish_reason[i] = "eos" if terminated[i] else "length"
+            rewards[done], final_infos = self._score(done)
+        return rewards, terminated, truncated, final_infos
+
+    def completion_ids(self, i: int) -> np.ndarray:
+        """Generated token ids of sequence ``i`` (EOS included if emitted)."""
+        start = self.prompt_len[i]
+        return self.input_ids[i, start : start + self.num_new[i]]
+
+    def completion_text(self, i: int) -> str:
+        """Text such that ``prompt_text + completion_text == decode(prompt + completion)``."""
+        ids = self.completion_ids(i)
+        if self.finish_reason[i] == "eos":
+            ids = ids[:-1]
+        full_ids = self.input_ids[i, : self.prompt_len[i] + len(ids)]
+        full = self.setup.tokenizer.decode(full_ids, skip_special_tokens=True)
+        prompt = self.prompt_text[i]
+        if full.startswith(prompt):
+            return full[len(prompt) :]
+        return self.setup.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _score(self, done: np.ndarray) -> tuple[np.ndarray, dict[int, dict]]:
+        prompts = [self.prompt_text[i] for i in done]
+        completions = [self.completion_text(i) for i in done]
+        rewards = checked_score(self.setup.reward_model, prompts, completions)
+        gold_model = self.setup.gold_reward_model
+        if gold_model is None:
+            gold = None
+        elif gold_model is self.setup.reward_model:
+            gold = rewards
+        else:
+            gold = checked_score(gold_model, prompts, completions)
+        infos = {}
+        for k, i in enumerate(done):
+            info = {
+                "prompt": prompts[k],
+                "completion": completions[k],
+                "finish_reason": self.finish_reason[i],
+                "length": int(self.num_new[i]),
+            }
+            if gold is not None:
+                info["gold_reward"] = float(gold[k])
+            infos[int(i)] = info
+        return rewards, infos
+
+    def observation(self, i: int | None = None) -> dict[str, np.ndarray]:
+        if i is None:
+            return {
+                "input_ids": self.input_ids.copy(),
+                "attention_mask": self.attention_mask.copy(),
+            }
+        return {
+            "input_ids": self.input_ids[i].copy(),
+            "attention_mask": self.attention_mask[i].copy(),
+        }
+
+    def render_text(self, i: int) -> str:
+        ids = self.completion_ids(i)
+        text = self.setup.tokenizer.decode(ids, skip_special_tokens=True)
+        status = f"  [{self.finish_reason[i]}]" if self.finished[i] else ""
+        return f"{self.prompt_text[i]} ⟨{text}⟩{status}"

@@ -1,0 +1,80 @@
+"""``jsonl``: prompts from a user's JSONL file (``{"prompt": ...}`` per line), any reward model.
+
+``read_jsonl`` is the one JSONL reader of the project: SFT, DPO and reward-model training read
+their data through it too, so every malformed row is reported the same way (file, line, key).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from llm_env.tasks.base import Task
+
+
+class JsonlError(ValueError):
+    """A JSONL file that cannot be used; the message names the file and the line."""
+
+
+def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
+    """Rows of ``path``; every row must be an object whose ``required`` keys hold strings.
+
+    Blank lines are skipped. Raises ``JsonlError`` naming the file, the 1-based line number and
+    the missing or mistyped key; an empty file is an error too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JsonlError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise JsonlError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                )
+            for key in required:
+                if key not in row:
+                    raise JsonlError(
+                        f"{path}:{lineno}: missing key {key!r} (row has {sorted(row)})"
+                    )
+                if not isinstance(row[key], str):
+                    raise JsonlError(
+                        f"{path}:{lineno}: key {key!r} must be a string, got {type(row[key]).__name__}"
+                    )
+            rows.append(row)
+    if not rows:
+        raise JsonlError(f"{path}: no rows (the file is empty)")
+    return rows
+
+
+def make_jsonl_task(
+    path: str | Path,
+    eval_path: str | Path | None = None,
+    max_new_tokens: int = 32,
+    max_prompt_tokens: int = 64,
+) -> Task:
+    """Prompts from ``path`` (eval prompts from ``eval_path``, else the same prompts).
+
+    Rows that also carry a ``"completion"`` become demonstrations for SFT. The task has no
+    tokenizer or gold reward of its own: pass ``tokenizer=`` and ``reward_model=`` to the env.
+    """
+    rows = read_jsonl(path, required=["prompt"])
+    eval_rows = read_jsonl(eval_path, required=["prompt"]) if eval_path else []
+    return Task(
+        name="jsonl",
+        train_prompts=tuple(r["prompt"] for r in rows),
+        eval_prompts=tuple(r["prompt"] for r in eval_rows),
+        demonstrations=tuple(
+            (r["prompt"], r["completion"]) for r in rows if isinstance(r.get("completion"), str)
+        ),
+        gold_reward=None,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+    )

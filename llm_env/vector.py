@@ -1,0 +1,193 @@
+"""``TokenMDPVectorEnv``: B token-MDP sequences stepped together with numpy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from llm_env.core import TokenBatch, as_token_ids, draw_prompt, observation_space, resolve_setup
+from llm_env.tasks import DEFAULT_TASK, Task
+
+_MODES = {m.value.lower(): m for m in AutoresetMode} | {
+    "next_step": AutoresetMode.NEXT_STEP,
+    "same_step": AutoresetMode.SAME_STEP,
+    "disabled": AutoresetMode.DISABLED,
+}
+
+
+class TokenMDPVectorEnv(VectorEnv):
+    """B copies of ``TokenMDPEnv`` in one object: same arguments, same rules (see its docstring).
+
+    Sub-env ``i`` reset with ``seed=s`` draws the same prompts as ``TokenMDPEnv`` reset with
+    ``seed=s+i`` (the ``SyncVectorEnv`` convention), so B single envs given the same actions give
+    the same observations, rewards and infos. All sequences that finish in one step are scored
+    with ONE batched reward-model call.
+
+    ``autoreset_mode`` (Gymnasium's ``AutoresetMode`` or its name):
+    - ``"next_step"`` (default, as Gymnasium): a sequence that finished is reset on the following
+      ``step``, whose action for it is ignored.
+    - ``"same_step"``: it is reset within the finishing step; ``info["final_obs"]`` and
+      ``info["final_info"]`` hold the finished episode.
+    - ``"disabled"``: lockstep batch rollouts, what the agents use. All B sequences start at
+      ``reset``; a finished sequence stays frozen (its actions are ignored, reward 0,
+      ``terminated``/``truncated`` False after the finishing step) until ``reset`` — or
+      ``reset(options={"reset_mask": mask})`` for some. ``active`` says which still run; stepping
+      when none does raises.
+
+    ``reset(options={"prompts": [...]})`` takes one prompt per (reset) sequence. Infos follow
+    Gymnasium's vector convention: ``info[key]`` is an array, ``info["_" + key]`` its mask.
+    """
+
+    metadata = {
+        "render_modes": ["ansi"],
+        "render_fps": 30,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        task: str | Task = DEFAULT_TASK,
+        task_kwargs: dict | None = None,
+        tokenizer=None,
+        reward_model=None,
+        gold_reward_model="task",
+        max_new_tokens: int | None = None,
+        max_prompt_tokens: int | None = None,
+        vocab_size: int | None = None,
+        split: str = "train",
+        render_mode: str | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+    ):
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if isinstance(autoreset_mode, str):
+            if autoreset_mode.lower() not in _MODES:
+                raise ValueError(
+                    f"unknown autoreset_mode {autoreset_mode!r}; use 'next_step', 'same_step' or "
+                    "'disabled'"
+                )
+            autoreset_mode = _MODES[autoreset_mode.lower()]
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.setup = resolve_setup(
+            task, task_kwargs, tokenizer, reward_model, gold_reward_model,
+            max_new_tokens, max_prompt_tokens, vocab_size, split,
+        )  # fmt: skip
+        self.tokenizer = self.setup.tokenizer
+        self.reward_model = self.setup.reward_model
+        self.num_envs = int(num_envs)
+        self.render_mode = render_mode
+        self.autoreset_mode = autoreset_mode
+        self.metadata = {**self.metadata, "autoreset_mode": autoreset_mode}
+        self.single_action_space = spaces.Discrete(self.setup.vocab_size)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.single_observation_space = observation_space(self.setup)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self._batch = TokenBatch(self.setup, self.num_envs)
+        self._rngs = [seeding.np_random(None)[0] for _ in range(self.num_envs)]
+        self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+
+    @property
+    def active(self) -> np.ndarray:
+        """Which sequences are still generating (bool, shape (num_envs,))."""
+        return self._batch.started & ~self._batch.finished
+
+    @property
+    def batch(self) -> TokenBatch:
+        """The token state (read-only use: prompt lengths, completion ids)."""
+        return self._batch
+
+    def _start(self, index: np.ndarray, prompts: list[str] | None, infos: dict) -> None:
+        if prompts is None:
+            pool = self.setup.task.prompts(self.setup.split)
+            prompts = [draw_prompt(self._rngs[i], pool) for i in index]
+        elif len(prompts) != len(index) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(
+                f"options['prompts'] must be {len(index)} strings (one per reset sequence), "
+                f"got {prompts!r}"
+            )
+        self._batch.start(list(index), list(prompts))
+        self._needs_reset[index] = False
+        for i in index:
+            info = {
+                "prompt": self._batch.prompt_text[i],
+                "prompt_length": int(self._batch.prompt_len[i]),
+            }
+            infos = self._add_info(infos, info, int(i))
+        return infos
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        options = options or {}
+        mask = options.get("reset_mask")
+        mask = np.ones(self.num_envs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if mask.shape != (self.num_envs,):
+            raise ValueError(
+                f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}"
+            )
+        index = np.flatnonzero(mask)
+        if seed is not None:
+            seeds = (
+                [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+            )
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
+            for i in index:
+                self._rngs[i] = seeding.np_random(seeds[i])[0]
+        infos = self._start(index, options.get("prompts"), {})
+        return self._batch.observation(), infos
+
+    def step(
+        self, actions
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        batch = self._batch
+        if not batch.started.any():
+            raise RuntimeError("step() called before reset(): call env.reset() first")
+        tokens = as_token_ids(actions, self.num_envs, self.setup.vocab_size)
+        infos: dict[str, Any] = {}
+        restart = np.flatnonzero(self._needs_reset)
+        if restart.size:  # NEXT_STEP: finished last step, reset now, action ignored
+            infos = self._start(restart, None, infos)
+        active = batch.started & ~batch.finished
+        active[restart] = False
+        if not active.any() and not restart.size:
+            raise RuntimeError(
+                "step() called but every sequence has finished; call reset() "
+                "(or reset(options={'reset_mask': ...}) for some)"
+            )
+        rewards, terminated, truncated, final_infos = batch.append(tokens, active)
+        done = np.flatnonzero(terminated | truncated)
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and done.size:
+            final_obs = self._batch.observation()
+            final = {}
+            for i in done:
+                final = self._add_info(final, final_infos[int(i)], int(i))
+            infos = self._start(done, None, infos)
+            infos["final_obs"] = np.array(
+                [{k: v[i] for k, v in final_obs.items()} if i in done else None
+                 for i in range(self.num_envs)], dtype=object,
+            )  # fmt: skip
+            infos["_final_obs"] = np.isin(np.arange(self.num_envs), done)
+            infos["final_info"] = final
+            infos["_final_info"] = infos["_final_obs"]
+        else:
+            for i, info in final_infos.items():
+                infos = self._add_info(infos, info, i)
+            if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                self._needs_reset[done] = True
+        return batch.observation(), rewards.astype(np.float64), terminated, truncated, infos
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        return "\n".join(
+            self._batch.render_text(i) if self._batch.started[i] else "(not reset)"
+            for i in range(self.num_envs)
+        )

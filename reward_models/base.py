@@ -1,0 +1,149 @@
+"""The reward-model protocol and ``load_reward_model(spec)``.
+
+A reward model scores text: ``score(prompts, completions) -> np.ndarray`` (float32, shape [N]).
+Text in, so a reward model with another tokenizer than the policy swaps in freely.
+
+``load_reward_model(spec)`` accepts
+- a registered name (``"sentiment"``, ``"arithmetic"``, ...; see ``REWARD_MODELS``),
+- a directory saved by the Bradley–Terry trainer (a sequence-classification model, one label),
+- ``"package.module:attr"`` where ``attr`` is a RewardModel object, a class whose no-argument
+  instance is one, or a plain function ``f(prompts, completions) -> sequence of floats``,
+- or an object that already has a ``score`` method (returned as is).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Anything with ``score(prompts, completions) -> float32 array of shape [N]``."""
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray: ...
+
+
+class RewardModelError(ValueError):
+    """A reward model returned something unusable; the message names the reward model."""
+
+
+class FunctionRewardModel:
+    """Wraps a plain function ``f(prompts, completions)`` as a reward model."""
+
+    def __init__(self, fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]], name: str):
+        self.fn = fn
+        self.name = name
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.fn(prompts, completions), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"FunctionRewardModel({self.name})"
+
+
+def reward_model_name(model: object) -> str:
+    return str(getattr(model, "name", None) or type(model).__name__)
+
+
+def checked_score(
+    model: RewardModel, prompts: Sequence[str], completions: Sequence[str]
+) -> np.ndarray:
+    """``model.score(...)`` validated: float32, shape ``[len(prompts)]``, every value finite."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    name = reward_model_name(model)
+    scores = np.asarray(model.score(list(prompts), list(completions)))
+    if scores.shape != (len(prompts),):
+        raise RewardModelError(
+            f"reward model {name!r} returned shape {scores.shape} for {len(prompts)} texts; "
+            f"expected ({len(prompts)},)"
+        )
+    if not np.issubdtype(scores.dtype, np.number):
+        raise RewardModelError(
+            f"reward model {name!r} returned non-numeric scores ({scores.dtype})"
+        )
+    scores = scores.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        i = int(bad[0])
+        raise RewardModelError(
+            f"reward model {name!r} returned {scores[i]} for text #{i} "
+            f"(prompt={prompts[i]!r}, completion={completions[i]!r}); {bad.size} non-finite score(s)"
+        )
+    return scores
+
+
+def _sentiment() -> RewardModel:
+    from reward_models.sentiment import VaderRewardModel
+
+    return VaderRewardModel()
+
+
+def _arithmetic() -> RewardModel:
+    from reward_models.arithmetic import ArithmeticRewardModel
+
+    return ArithmeticRewardModel()
+
+
+def _length() -> RewardModel:
+    from reward_models.arithmetic import LengthRewardModel
+
+    return LengthRewardModel()
+
+
+REWARD_MODELS: dict[str, Callable[[], RewardModel]] = {
+    "sentiment": _sentiment,
+    "arithmetic": _arithmetic,
+    "length": _length,
+}
+
+
+def register_reward_model(name: str, factory: Callable[[], RewardModel]) -> None:
+    """Make ``load_reward_model(name)`` return ``factory()``."""
+    REWARD_MODELS[name] = factory
+
+
+def _from_import_path(spec: str) -> RewardModel:
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"reward model {spec!r}: cannot import {attr!r} from {module_name!r} ({e})"
+        ) from e
+    if inspect.isclass(obj):
+        obj = obj()
+    if hasattr(obj, "score"):
+        return obj
+    if callable(obj):
+        return FunctionRewardModel(obj, name=spec)
+    raise ValueError(f"reward model {spec!r} is neither a reward model, a class nor a function")
+
+
+def load_reward_model(spec: str | Path | RewardModel) -> RewardModel:
+    """Resolve ``spec`` (see the module docstring) to a reward model."""
+    if not isinstance(spec, (str, Path)):
+        if hasattr(spec, "score"):
+            return spec
+        raise TypeError(
+            f"reward model must be a spec string or have a score() method, got {spec!r}"
+        )
+    text = str(spec)
+    if text in REWARD_MODELS:
+        return REWARD_MODELS[text]()
+    if Path(text).is_dir():
+        from reward_models.learned import LearnedRewardModel
+
+        return LearnedRewardModel.from_pretrained(text)
+    if ":" in text and not Path(text).exists():
+        return _from_import_path(text)
+    raise ValueError(
+        f"unknown reward model {text!r}: expected one of the registered names {sorted(REWARD_MODELS)}, "
+        "a directory saved by the Bradley-Terry trainer, or 'package.module:callable'"
+    )

@@ -1,0 +1,61 @@
+"""Reward models: registered names, a saved Bradley-Terry directory, normalisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from reward_models import load_reward_model
+from reward_models.arithmetic import solve
+from reward_models.learned import NORM_FILE, encode_texts
+
+
+def test_arithmetic_reward_is_exact_match():
+    rm = load_reward_model("arithmetic")
+    scores = rm.score(["37+48=", "9-3=", "6*7=", "1+1="], ["85", " 6", "42", "3"])
+    assert scores.tolist() == [1.0, 1.0, 1.0, 0.0] and scores.dtype == np.float32
+    with pytest.raises(ValueError, match="not of the form"):
+        solve("hello")
+
+
+def test_sentiment_reward_is_vader_compound():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    texts = ["a wonderful , moving film .", "dull and awful .", "it is a film ."]
+    scores = load_reward_model("sentiment").score([""] * 3, texts)
+    vader = SentimentIntensityAnalyzer()
+    assert scores.tolist() == pytest.approx([vader.polarity_scores(t)["compound"] for t in texts])
+    assert scores[0] > 0.5 > 0 > scores[1]
+
+
+def test_saved_bradley_terry_directory_loads_and_scores(tmp_path, arithmetic_tokenizer):
+    tok = arithmetic_tokenizer
+    config = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                        num_labels=1, pad_token_id=tok.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prompts, completions = ["1+2=", "3+4=", "5+5="], ["3", "70", "10"]
+    rm = load_reward_model(str(tmp_path))
+    scores = rm.score(prompts, completions)
+    with torch.no_grad():  # the same texts, one at a time, through the plain transformers API
+        expected = [
+            model(**encode_texts(tok, [p], [c], 32)).logits[0, 0].item()
+            for p, c in zip(prompts, completions)
+        ]
+    assert scores == pytest.approx(expected, abs=1e-5)
+    assert len(set(np.round(scores, 5))) == 3
+
+    (tmp_path / NORM_FILE).write_text(json.dumps({"mean": 0.5, "std": 2.0}))
+    normed = load_reward_model(tmp_path).score(prompts, completions)
+    assert normed == pytest.approx((np.array(expected) - 0.5) / 2.0, abs=1e-5)
+
+
+def test_a_directory_that_is_not_a_reward_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_reward_model(str(tmp_path))
