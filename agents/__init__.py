@@ -1,0 +1,1 @@
+"""Agents: SFT, DPO (offline) and PPO, REINFORCE (online, through TokenMDP-v0)."""

@@ -1,0 +1,85 @@
+"""Atomic checkpoints: write everything to a temporary directory, then rename it into place.
+
+A checkpoint directory holds one ``save_pretrained`` sub-directory per model (safetensors), the
+tokenizer, and ``state.pt`` (optimiser states, controller state, RNG states, counters), loaded
+with ``torch.load(weights_only=True)``. A run killed mid-write leaves the previous checkpoint
+intact; ``--resume`` loads the newest complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Python, numpy (global) and torch RNG states (plus an explicit generator's), as plain data."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"]))
+    torch.set_rng_state(state["torch"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
+def save_checkpoint(
+    path: str | Path, models: dict[str, Any], state: dict[str, Any], tokenizer=None
+) -> Path:
+    """Write ``models`` (name → model with ``save_pretrained``), ``tokenizer`` and ``state``
+    to ``path`` atomically (the old checkpoint is replaced only once the new one is complete)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in models.items():
+        model.save_pretrained(tmp / name, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / name)
+    torch.save(state, tmp / STATE_FILE)
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """``state.pt`` of a complete checkpoint (falls back to ``<path>.old`` if a rename was cut)."""
+    path = Path(path)
+    if (
+        not (path / STATE_FILE).is_file()
+        and (path.with_name(path.name + ".old") / STATE_FILE).is_file()
+    ):
+        os.replace(path.with_name(path.name + ".old"), path)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"no complete checkpoint at {path} (missing {STATE_FILE})")
+    return torch.load(path / STATE_FILE, weights_only=True)
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / STATE_FILE).is_file() or (
+        path.with_name(path.name + ".old") / STATE_FILE
+    ).is_file()

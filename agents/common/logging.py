@@ -1,0 +1,67 @@
+"""One logging vocabulary for every agent, so ``tensorboard --logdir runs/`` overlays them.
+
+A run is one directory ``runs/<task>/<agent>-<name>/`` holding the TensorBoard event files and
+``config.json``. The x-axis of every scalar is the number of prompts (or pairs) consumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+TAGS = (
+    "reward/train",  # the reward the agent optimises
+    "reward/gold",  # the task's gold score, when known
+    "kl/ref",  # mean sequence KL to the reference (k1 estimator)
+    "kl/beta",
+    "loss/policy",
+    "loss/value",
+    "loss/total",
+    "policy/entropy",
+    "policy/clipfrac",
+    "episode/length",
+    "perf/tokens_per_s",
+    "perf/seconds_per_iter",
+)
+
+
+def run_dir_for(root: str | Path, task: str, agent: str, name: str) -> Path:
+    """``root/<task>/<agent>-<name>``: the layout DESIGN.md fixes for every run."""
+    return Path(root) / task / f"{agent}-{name}"
+
+
+def to_jsonable(config: Any) -> Any:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    return json.loads(json.dumps(config, default=str))
+
+
+class RunLogger:
+    """TensorBoard scalars + ``config.json`` for one run; ``enabled=False`` writes nothing
+    (non-main processes)."""
+
+    def __init__(self, run_dir: str | Path, config: Any, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
+            self.writer = SummaryWriter(log_dir=str(self.run_dir))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Write every metric at x = ``step`` (prompts or pairs consumed)."""
+        if self.writer is None:
+            return
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, float(value), global_step=int(step))
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

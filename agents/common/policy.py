@@ -1,0 +1,141 @@
+"""Policies: load any ``AutoModelForCausalLM``; log-probs of the distribution actually sampled.
+
+``SamplingConfig`` is applied identically while sampling (token by token, with the KV cache) and
+in the one full-sequence forward pass after the rollout, so recorded and recomputed log-probs
+agree. The policy's log-probs are those of the distribution sampled from: logits divided by the
+temperature, then top-k / top-p truncation (renormalised). The reference model is evaluated at
+the same temperature without truncation, so log π_θ − log π_ref is finite and KL(π_θ‖π_ref)
+has a non-negative expectation under the samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_env.tokenizer import check_tokenizer, load_tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled."""
+
+    temperature: float = 1.0
+    """Logits are divided by this before softmax (and before log-probs)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = all)."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens with cumulative probability >= top_p (1.0 = all)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def truncates(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0
+
+
+def load_policy(
+    policy: str | Path | PreTrainedModel,
+    tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer, from objects or a local ``save_pretrained`` directory."""
+    if isinstance(policy, (str, Path)):
+        path = Path(policy)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"policy {str(path)!r} is not a save_pretrained directory")
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
+        )
+        tokenizer = load_tokenizer(tokenizer if tokenizer is not None else path)
+    else:
+        model = policy
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer together with a policy model object")
+        tokenizer = load_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise ValueError(
+            f"policy has {model.get_input_embeddings().num_embeddings} token embeddings but the "
+            f"tokenizer has {len(tokenizer)} tokens"
+        )
+    return model, tokenizer
+
+
+def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, what: str) -> None:
+    """Policy and reference must share a vocabulary: compare the full token→id maps."""
+    if a.get_vocab() != b.get_vocab() or a.eos_token_id != b.eos_token_id:
+        raise ValueError(f"tokenizer mismatch between {what}: vocabularies or EOS ids differ")
+
+
+def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """fp32 logits of the distribution sampled from: temperature, then top-k/top-p (-inf outside).
+
+    ``logits``: (..., vocab). Returns (..., vocab) in fp32.
+    """
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k > 0 and sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass strictly before it already reaches top_p
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= sampling.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (left padding gets position 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def gather_logprobs(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log_probs``: (batch, T, vocab); ``tokens``: (batch, T) → (batch, T)."""
+    return log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def completion_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+) -> torch.Tensor:
+    """Logits predicting each completion token, from ONE forward pass over the full sequences.
+
+    ``input_ids``/``attention_mask``: (batch, prompt_width + T), prompts left-padded to
+    ``prompt_width``. Returns (batch, T, vocab) in the model's dtype.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.logits[:, prompt_width - 1 : -1]
+
+
+def token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, sampling: SamplingConfig | None
+) -> torch.Tensor:
+    """fp32 log-probs of ``tokens`` under ``process_logits(logits, sampling)``.
+
+    ``sampling=None`` means the raw distribution (temperature 1, no truncation).
+    """
+    processed = logits.float() if sampling is None else process_logits(logits, sampling)
+    return gather_logprobs(F.log_softmax(processed, dim=-1), tokens)
+
+
+def set_num_threads(threads: int | None = None) -> None:
+    """Use every core we have (2 here) unless told otherwise."""
+    import os
+
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))

@@ -1,0 +1,173 @@
+"""Lockstep rollouts through ``TokenMDPVectorEnv`` with the policy's KV cache.
+
+The env owns the token state and the task reward; the agent owns its model and cache. After the
+prompt pre-fill, each step feeds the model only the newest token of every sequence; finished
+sequences stay in the batch (fed pad tokens, masked) until all B are done.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+from agents.common.policy import SamplingConfig, position_ids_from_mask, process_logits
+from agents.common.precision import autocast
+from llm_env.vector import TokenMDPVectorEnv
+
+
+@dataclass
+class Rollout:
+    """B finished episodes in the layout of the one-pass forward.
+
+    ``input_ids``/``attention_mask``: (B, prompt_width + T) — prompts left-padded to
+    ``prompt_width``, then the T generated columns (pad + mask 0 after a sequence ended).
+    ``completion_mask``: (B, T) float, 1 on generated tokens (EOS included).
+    ``logprobs``: (B, T) fp32 log-probs recorded while sampling (0 on masked positions).
+    ``rewards``/``gold_rewards``: (B,) fp32 env reward and gold score (NaN when unknown).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_width: int
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor
+    rewards: torch.Tensor
+    gold_rewards: torch.Tensor
+    prompts: list[str]
+    completions: list[str]
+    finish_reasons: list[str]
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        """(B, T) generated token ids."""
+        return self.input_ids[:, self.prompt_width :]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) generated tokens per sequence, EOS included."""
+        return self.completion_mask.sum(-1)
+
+    @property
+    def terminated(self) -> torch.Tensor:
+        """(B,) True where the episode ended on EOS (False: truncated at the length limit)."""
+        return torch.tensor([r == "eos" for r in self.finish_reasons])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum().item())
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward() keyword of the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def left_pad_prompts(obs: dict[str, np.ndarray], prompt_lengths: np.ndarray, pad_id: int):
+    """(B, P) left-padded prompt ids and mask from the env's left-aligned observation."""
+    width = int(prompt_lengths.max())
+    ids = np.full((len(prompt_lengths), width), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(prompt_lengths):
+        ids[i, width - n :] = obs["input_ids"][i, :n]
+        mask[i, width - n :] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def sample_tokens(
+    logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row of ``logits`` (B, vocab); return ``(tokens, logprobs)``, (B,) each."""
+    log_probs = torch.log_softmax(process_logits(logits, sampling), dim=-1)
+    tokens = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(-1)
+    return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def rollout(
+    model: torch.nn.Module,
+    env: TokenMDPVectorEnv,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    prompts: list[str] | None = None,
+    seed: int | None = None,
+    precision: str = "fp32",
+) -> Rollout:
+    """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt."""
+    if env.autoreset_mode != AutoresetMode.DISABLED:
+        raise ValueError(
+            "rollouts need a lockstep env: TokenMDPVectorEnv(autoreset_mode='disabled')"
+        )
+    was_training = model.training
+    model.eval()
+    pad_id = env.tokenizer.pad_token_id
+    options = {"prompts": prompts} if prompts is not None else None
+    obs, info = env.reset(seed=seed, options=options)
+    prompt_ids, prompt_mask = left_pad_prompts(obs, info["prompt_length"], pad_id)
+    B, width = prompt_ids.shape
+    max_new = env.setup.max_new_tokens
+    tokens = torch.full((B, max_new), pad_id, dtype=torch.long)
+    step_mask = torch.zeros((B, max_new), dtype=torch.long)
+    logprobs = torch.zeros((B, max_new), dtype=torch.float32)
+    rewards = torch.zeros(B, dtype=torch.float32)
+    gold = torch.full((B,), float("nan"), dtype=torch.float32)
+    completions, reasons = [""] * B, [""] * B
+
+    attention = prompt_mask
+    positions = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
+    cache_arg = cache_argument(model)
+    with autocast(precision):
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=attention,
+            position_ids=position_ids_from_mask(prompt_mask),
+            use_cache=True,
+        )
+    for t in range(max_new):
+        active = torch.from_numpy(env.active)
+        new, new_logprobs = sample_tokens(out.logits[:, -1], sampling, generator)
+        new = torch.where(active, new, pad_id)
+        tokens[:, t] = new
+        step_mask[:, t] = active.long()
+        logprobs[:, t] = torch.where(active, new_logprobs, 0.0)
+        _, step_rewards, terminated, truncated, step_info = env.step(new.numpy())
+        for i in np.flatnonzero(terminated | truncated):
+            rewards[i] = float(step_rewards[i])
+            completions[i] = step_info["completion"][i]
+            reasons[i] = step_info["finish_reason"][i]
+            if "gold_reward" in step_info:
+                gold[i] = float(step_info["gold_reward"][i])
+        if not env.active.any():
+            break
+        attention = torch.cat([attention, active.long()[:, None]], dim=1)
+        positions = positions + 1
+        with autocast(precision):
+            out = model(
+                input_ids=new[:, None],
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_arg: output_cache(out)},
+            )
+    model.train(was_training)
+    T = t + 1
+    return Rollout(
+        input_ids=torch.cat([prompt_ids, tokens[:, :T]], dim=1),
+        attention_mask=torch.cat([prompt_mask, step_mask[:, :T]], dim=1),
+        prompt_width=width,
+        completion_mask=step_mask[:, :T].float(),
+        logprobs=logprobs[:, :T],
+        rewards=rewards,
+        gold_rewards=gold,
+        prompts=[str(p) for p in info["prompt"]],
+        completions=completions,
+        finish_reasons=reasons,
+    )
