@@ -85,9 +85,15 @@ def left_pad_prompts(obs: dict[str, np.ndarray], prompt_lengths: np.ndarray, pad
 def sample_tokens(
     logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row of ``logits`` (B, vocab); return ``(tokens, logprobs)``, (B,) each."""
+    """Sample one token per row of ``logits`` (B, vocab); return ``(tokens, logprobs)``, (B,) each.
+
+    Exponential-race sampling: ``argmax(p / E)`` with ``E ~ Exp(1)`` draws from ``p`` exactly
+    (the Gumbel-max trick in another form) and is several times faster than ``torch.multinomial``
+    on CPU.
+    """
     log_probs = torch.log_softmax(process_logits(logits, sampling), dim=-1)
-    tokens = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(-1)
+    noise = torch.empty_like(log_probs).exponential_(1.0, generator=generator)
+    tokens = (log_probs.exp() / noise).argmax(dim=-1)
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -115,19 +121,18 @@ def rollout(
     B, width = prompt_ids.shape
     max_new = env.setup.max_new_tokens
     tokens = torch.full((B, max_new), pad_id, dtype=torch.long)
-    step_mask = torch.zeros((B, max_new), dtype=torch.long)
     logprobs = torch.zeros((B, max_new), dtype=torch.float32)
     rewards = torch.zeros(B, dtype=torch.float32)
     gold = torch.full((B,), float("nan"), dtype=torch.float32)
     completions, reasons = [""] * B, [""] * B
 
-    attention = prompt_mask
+    attention = torch.cat([prompt_mask, torch.zeros((B, max_new), dtype=torch.long)], dim=1)
     positions = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
     cache_arg = cache_argument(model)
     with autocast(precision):
         out = model(
             input_ids=prompt_ids,
-            attention_mask=attention,
+            attention_mask=prompt_mask,
             position_ids=position_ids_from_mask(prompt_mask),
             use_cache=True,
         )
@@ -136,7 +141,7 @@ def rollout(
         new, new_logprobs = sample_tokens(out.logits[:, -1], sampling, generator)
         new = torch.where(active, new, pad_id)
         tokens[:, t] = new
-        step_mask[:, t] = active.long()
+        attention[:, width + t] = active.long()
         logprobs[:, t] = torch.where(active, new_logprobs, 0.0)
         _, step_rewards, terminated, truncated, step_info = env.step(new.numpy())
         for i in np.flatnonzero(terminated | truncated):
@@ -147,12 +152,11 @@ def rollout(
                 gold[i] = float(step_info["gold_reward"][i])
         if not env.active.any():
             break
-        attention = torch.cat([attention, active.long()[:, None]], dim=1)
         positions = positions + 1
         with autocast(precision):
             out = model(
                 input_ids=new[:, None],
-                attention_mask=attention,
+                attention_mask=attention[:, : width + t + 1],
                 position_ids=positions,
                 use_cache=True,
                 **{cache_arg: output_cache(out)},
@@ -161,9 +165,9 @@ def rollout(
     T = t + 1
     return Rollout(
         input_ids=torch.cat([prompt_ids, tokens[:, :T]], dim=1),
-        attention_mask=torch.cat([prompt_mask, step_mask[:, :T]], dim=1),
+        attention_mask=attention[:, : width + T],
         prompt_width=width,
-        completion_mask=step_mask[:, :T].float(),
+        completion_mask=attention[:, width : width + T].float(),
         logprobs=logprobs[:, :T],
         rewards=rewards,
         gold_rewards=gold,

@@ -1,0 +1,39 @@
+"""``tokenmdp <command> [options]``: one entry point for every script (``--help`` on each)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "pipeline": ("scripts.pipeline", "the whole RLHF-vs-DPO study on a built-in task"),
+    "compare": ("scripts.compare", "report and plots from any run directories"),
+    "demo": ("scripts.demo", "roll out a fresh tiny policy through TokenMDP-v0 and print it"),
+    "sft": ("scripts.sft", "supervised fine-tuning / pre-training of a policy"),
+    "preferences": ("scripts.preferences", "sample preference pairs through the env"),
+    "reward-model": ("scripts.reward_model", "train a Bradley-Terry reward model"),
+    "dpo": ("scripts.dpo", "direct preference optimisation"),
+    "ppo": ("scripts.ppo", "PPO with a critic against a reward model"),
+    "reinforce": ("scripts.reinforce", "REINFORCE / RLOO against a reward model"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: tokenmdp <command> [options]", "", "commands:"]
+    lines += [f"  {name:<13} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] not in COMMANDS:
+        sys.exit(f"tokenmdp: unknown command {argv[0]!r}\n\n{usage()}")
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
