@@ -1,0 +1,289 @@
+"""``tokenmdp pipeline``: the whole RLHF-vs-DPO study on a built-in task, end to end, offline.
+
+Stages (each resumable and skippable: a finished stage leaves ``stages/<stage>.json`` and is
+reused when the pipeline is run again; an unfinished agent resumes from its checkpoint):
+1. ``sft``: build the task tokenizer and a tiny GPT-2; pre-train / SFT it on the task corpus.
+2. ``preferences``: sample k completions per prompt from the SFT policy through the env, label
+   pairs with Bradley–Terry noise on the gold reward.  ``reward_model``: train the BT model.
+3. ``ppo``, ``reinforce`` (against the learned reward model) and ``dpo`` (on the pairs), from the
+   same SFT checkpoint with the same prompt budget; optionally ``ppo_gold`` and a β sweep.
+4. ``evaluate``: every final policy and the SFT policy on held-out prompts through the env.
+5. ``report``: ``report.md``, ``results.json`` and PNG plots in the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agents.common.config import add_dataclass_args, dataclass_from_args
+
+
+@dataclass
+class PipelineConfig:
+    """Options of the whole study."""
+
+    out: str = "runs/pipeline"
+    """Run directory: agents' TensorBoard events, models, report.md, results.json, plots."""
+    task: str = "sentiment"
+    """Built-in task to run the study on."""
+    seed: int = 0
+    """Seed for every stage."""
+    quick: bool = False
+    """A miniature study (well under two minutes) for smoke tests."""
+    methods: str = "ppo,reinforce,dpo"
+    """Comma-separated methods trained from the SFT policy."""
+    ppo_gold: bool = False
+    """Also run PPO against the gold reward directly (no learned reward model)."""
+    betas: str = ""
+    """Comma-separated KL coefficients to sweep for every method (empty: each method's default)."""
+    prompt_budget: int = 0
+    """Prompts per RL method (DPO: preference pairs consumed); 0 = the default for the mode."""
+    eval_prompts: int = 0
+    """Held-out prompts (with repeats) per evaluated policy; 0 = the default for the mode."""
+    precision: str = "auto"
+    """Matmul precision for training: auto (bf16 where supported), bf16 or fp32."""
+
+
+@dataclass
+class Budget:
+    """Stage sizes for the default and the quick study."""
+
+    sft_steps: int
+    sft_batch: int
+    pref_prompts: int
+    pref_k: int
+    rm_epochs: int
+    rl_prompts: int
+    rl_batch: int
+    dpo_epochs: int
+    eval_prompts: int
+    model: dict = field(default_factory=dict)
+
+
+DEFAULT = Budget(sft_steps=600, sft_batch=64, pref_prompts=512, pref_k=2, rm_epochs=2,
+                 rl_prompts=2048, rl_batch=64, dpo_epochs=2, eval_prompts=256,
+                 model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
+QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,
+               rl_prompts=64, rl_batch=16, dpo_epochs=1, eval_prompts=32,
+               model={"n_layer": 1, "n_head": 2, "n_embd": 64})  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def measured(run_dir: Path):
+    """Write ``resources.json`` (wall time, peak RSS during the block) into ``run_dir``."""
+    try:  # reset the peak-RSS counter (Linux >= 4.0) so the peak is this stage's own
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    start = time.perf_counter()
+    yield
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resources.json").write_text(
+        json.dumps({"wall_time_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()})
+    )
+
+
+class Pipeline:
+    """Runs the stages in order, skipping those whose marker file says they are done."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self.budget = QUICK if config.quick else DEFAULT
+        if config.prompt_budget:
+            self.budget = dataclasses.replace(self.budget, rl_prompts=config.prompt_budget)
+        if config.eval_prompts:
+            self.budget = dataclasses.replace(self.budget, eval_prompts=config.eval_prompts)
+        self.out = Path(config.out)
+        self.stages = self.out / "stages"
+        self.agents_dir = self.out / config.task
+        self.sft_dir = self.out / "models" / "sft"
+        self.rm_dir = self.out / "models" / "reward_model"
+        self.pairs = self.out / "data" / "preferences.jsonl"
+
+    # -- stage bookkeeping -----------------------------------------------------------------------
+    def stage(self, name: str, fn: Callable[[], dict]) -> dict:
+        marker = self.stages / f"{name}.json"
+        if marker.is_file():
+            print(f"== {name}: done earlier, reusing {marker}")
+            return json.loads(marker.read_text())
+        print(f"== {name}")
+        start = time.perf_counter()
+        result = fn() or {}
+        result["seconds"] = time.perf_counter() - start
+        self.stages.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=float))
+        os.replace(tmp, marker)
+        print(f"   {name} finished in {result['seconds']:.0f}s")
+        return result
+
+    def methods(self) -> list[tuple[str, str, float | None]]:
+        """(agent, run name, beta) for every RL/DPO run of the study."""
+        names = [m.strip() for m in self.config.methods.split(",") if m.strip()]
+        unknown = set(names) - {"ppo", "reinforce", "dpo"}
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from ppo, reinforce, dpo")
+        if self.config.ppo_gold:
+            names.append("ppo_gold")
+        betas = [float(b) for b in self.config.betas.split(",") if b.strip()] or [None]
+        return [(m, m if b is None else f"{m}-beta{b:g}", b) for m in names for b in betas]
+
+    # -- the study -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from agents.common.policy import set_num_threads
+
+        set_num_threads()
+        self.stage("sft", self.train_sft)
+        self.stage("preferences", self.make_preferences)
+        self.stage("reward_model", self.train_reward_model)
+        for agent, name, beta in self.methods():
+            self.stage(name, lambda a=agent, n=name, b=beta: self.train_method(a, n, b))
+        evals = self.stage("evaluate", self.evaluate)["evaluations"]
+        from scripts.report import find_agent_runs, markdown_table, write_report
+
+        runs = find_agent_runs([self.agents_dir])
+        results = write_report(runs, evals, self.out)
+        print(markdown_table(
+            evals, [("name", "policy", 0), ("gold_reward", "gold", 3),
+                    ("learned_reward", "learned", 3), ("kl_ref", "KL", 2), ("length", "len", 1)],
+        ))  # fmt: skip
+        print(f"\nreport: {self.out / 'report.md'}   tensorboard --logdir {self.out}")
+        return results
+
+    def train_sft(self) -> dict:
+        from agents.sft import SFTConfig, pretrain_on_task
+
+        run_dir = self.agents_dir / "sft-pretrain"
+        config = SFTConfig(
+            seed=self.config.seed,
+            max_steps=self.budget.sft_steps,
+            batch_size=self.budget.sft_batch,
+            precision=self.config.precision,
+            resume=True,
+        )
+        with measured(run_dir):
+            pretrain_on_task(self.config.task, {}, self.sft_dir, config, run_dir, self.budget.model)
+        return {"policy": str(self.sft_dir)}
+
+    def make_preferences(self) -> dict:
+        from agents.preferences import PreferenceConfig, sample_preferences
+
+        config = PreferenceConfig(
+            seed=self.config.seed, num_prompts=self.budget.pref_prompts, k=self.budget.pref_k
+        )
+        sample_preferences(
+            str(self.sft_dir), None, {"task": self.config.task}, None, config, self.pairs
+        )
+        return {"pairs": str(self.pairs)}
+
+    def train_reward_model(self) -> dict:
+        from reward_models.learned import RewardModelConfig, RewardModelTrainer
+
+        run_dir = self.agents_dir / "rm-bradley_terry"
+        config = RewardModelConfig(
+            seed=self.config.seed, epochs=self.budget.rm_epochs, precision=self.config.precision
+        )
+        with measured(run_dir):
+            trainer = RewardModelTrainer(str(self.sft_dir), str(self.pairs), config, run_dir)
+            metrics = trainer.learn()
+            trainer.save(self.rm_dir)
+        return {"reward_model": str(self.rm_dir), **metrics}
+
+    def train_method(self, agent: str, name: str, beta: float | None) -> dict:
+        run_dir = self.agents_dir / f"{agent.replace('_gold', '')}-{name}"
+        common = {"seed": self.config.seed, "precision": self.config.precision, "resume": True}
+        if beta is not None:
+            common["beta"] = beta
+        with measured(run_dir):
+            if agent == "dpo":
+                from agents.dpo import DPO, DPOConfig
+
+                config = dataclasses.replace(DPOConfig(), epochs=self.budget.dpo_epochs, **common)
+                trainer = DPO(str(self.sft_dir), None, str(self.pairs), config, run_dir,
+                              eval_env_kwargs={"task": self.config.task})  # fmt: skip
+            else:
+                from llm_env.tasks import make_task
+
+                gold = make_task(self.config.task).gold_reward
+                reward = gold if agent == "ppo_gold" else str(self.rm_dir)
+                env_kwargs = {"task": self.config.task, "reward_model": reward}
+                if agent == "reinforce":
+                    from agents.reinforce import Reinforce as Agent
+                    from agents.reinforce import ReinforceConfig as Config
+                else:
+                    from agents.ppo import PPO as Agent
+                    from agents.ppo import PPOConfig as Config
+                config = dataclasses.replace(
+                    Config(), total_prompts=self.budget.rl_prompts,
+                    batch_size=self.budget.rl_batch, **common,
+                )  # fmt: skip
+                trainer = Agent(str(self.sft_dir), None, env_kwargs, config, run_dir)
+            trainer.learn()
+        return {"policy": str(run_dir / "final")}
+
+    def evaluate(self) -> dict:
+        from agents.common.evaluate import bootstrap_ci, evaluate
+        from agents.common.policy import load_policy
+        from llm_env import TokenMDPVectorEnv
+        from reward_models import load_reward_model
+
+        ref, tokenizer = load_policy(str(self.sft_dir))
+        ref.eval()
+        env = TokenMDPVectorEnv(64, task=self.config.task, tokenizer=tokenizer, split="eval",
+                                autoreset_mode="disabled")  # fmt: skip
+        pool = list(env.setup.task.prompts("eval"))
+        prompts = [pool[i % len(pool)] for i in range(self.budget.eval_prompts)]
+        learned = {"learned": load_reward_model(str(self.rm_dir))}
+        policies = [("sft", str(self.sft_dir))]
+        policies += [(name, str(self.agents_dir / f"{a.replace('_gold', '')}-{name}" / "final"))
+                     for a, name, _ in self.methods()]  # fmt: skip
+        evals = []
+        for name, path in policies:
+            policy, _ = load_policy(path)
+            result = evaluate(policy.eval(), ref, env, prompts, seed=self.config.seed + 1,
+                              extra_reward_models=learned)  # fmt: skip
+            summary = {
+                "name": name,
+                "gold_reward": float(np.mean(result.gold_rewards)),
+                "gold_ci": bootstrap_ci(result.gold_rewards, seed=self.config.seed),
+                "gold_std": float(np.std(result.gold_rewards)),
+                "learned_reward": float(np.mean(result.extra["learned"])),
+                "kl_ref": float(np.mean(result.kls)),
+                "length": float(np.mean(result.lengths)),
+                "n": len(prompts),
+                "samples": result.samples,
+            }
+            evals.append(summary)
+            run_dir = Path(path).parent
+            if name != "sft" and run_dir.is_dir():
+                (run_dir / "eval.json").write_text(json.dumps(summary, indent=2, default=float))
+            print(f"   {name:<16} gold {summary['gold_reward']:+.3f}  KL {summary['kl_ref']:.2f}")
+        return {"evaluations": evals}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tokenmdp pipeline", description=__doc__.split("\n\n")[0])
+    add_dataclass_args(parser, PipelineConfig)
+    config = dataclass_from_args(PipelineConfig, parser.parse_args(argv))
+    Pipeline(config).run()
+
+
+if __name__ == "__main__":
+    main()

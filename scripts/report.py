@@ -1,0 +1,294 @@
+"""Reports from run directories: a table per agent, ``report.md``, ``results.json`` and PNG plots.
+
+Reads what every agent writes (TensorBoard event files with the shared tags, ``config.json``,
+and, when present, ``resources.json`` and ``eval.json`` written by the pipeline), so it works
+on any runs, not only the pipeline's. Used by ``tokenmdp pipeline`` and ``tokenmdp compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# How many full models each method holds in memory while training (policy, reference, reward
+# model, critic); DPO precomputes reference log-probs, so it keeps the policy alone.
+MODELS_IN_MEMORY = {"sft": 1, "dpo": 1, "reinforce": 3, "ppo": 4, "ppo_gold": 3}
+
+
+@dataclass
+class AgentRun:
+    """One agent's run directory, read back."""
+
+    path: Path
+    agent: str
+    name: str
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    wall_time_s: float = math.nan
+    config: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+
+    def last(self, tag: str) -> float:
+        values = self.scalars.get(tag)
+        return values[-1][1] if values else math.nan
+
+    def mean(self, tag: str) -> float:
+        values = self.scalars.get(tag)
+        return sum(v for _, v in values) / len(values) if values else math.nan
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+
+def read_scalars(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], float]:
+    """Scalars of every event file directly in ``run_dir``, and the span of their wall times."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    times: list[float] = []
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            for event in acc.Scalars(tag):
+                scalars.setdefault(tag, []).append((event.step, event.value))
+                times.append(event.wall_time)
+    for values in scalars.values():
+        values.sort()
+    span = max(times) - min(times) if times else math.nan
+    return scalars, span
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def find_agent_runs(roots: list[str | Path]) -> list[AgentRun]:
+    """Every directory under ``roots`` holding TensorBoard events (one agent run each)."""
+    runs = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"run directory {str(root)!r} does not exist")
+        dirs = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+        for d in dirs:
+            agent, _, name = d.name.partition("-")
+            scalars, span = read_scalars(d)
+            resources = _json(d / "resources.json")
+            runs.append(
+                AgentRun(
+                    path=d,
+                    agent=agent,
+                    name=name or agent,
+                    scalars=scalars,
+                    wall_time_s=resources.get("wall_time_s", span),
+                    config=_json(d / "config.json"),
+                    resources=resources,
+                    evaluation=_json(d / "eval.json"),
+                )
+            )
+    return runs
+
+
+def summary_rows(runs: list[AgentRun]) -> list[dict]:
+    """The comparison table: final gold and train reward, KL, wall time, tokens/s, memory, models."""
+    rows = []
+    for run in runs:
+        ev = run.evaluation
+        rows.append(
+            {
+                "run": run.label,
+                "agent": run.agent,
+                "gold_reward": ev.get("gold_reward", run.last("reward/gold")),
+                "train_reward": ev.get("train_reward", run.last("reward/train")),
+                "kl_ref": ev.get("kl_ref", run.last("kl/ref")),
+                "wall_time_s": run.wall_time_s,
+                "tokens_per_s": run.mean("perf/tokens_per_s"),
+                "peak_memory_mb": run.resources.get("peak_rss_mb", math.nan),
+                "models_in_memory": MODELS_IN_MEMORY.get(run.agent, math.nan),
+            }
+        )
+    return rows
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, int]]) -> str:
+    """``columns``: (key, header, digits)."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k), d) for k, _, d in columns) + " |")
+    return "\n".join(lines)
+
+
+SUMMARY_COLUMNS = [
+    ("run", "run", 0),
+    ("gold_reward", "gold reward", 3),
+    ("train_reward", "train reward", 3),
+    ("kl_ref", "KL to ref", 2),
+    ("wall_time_s", "wall time (s)", 0),
+    ("tokens_per_s", "tokens/s", 0),
+    ("peak_memory_mb", "peak memory (MB)", 0),
+    ("models_in_memory", "models in memory", 0),
+]
+
+
+def plot_frontier(runs: list[AgentRun], evals: list[dict], path: Path) -> None:
+    """Gold reward against KL to the reference: training trajectories and final evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, run in enumerate(
+        r for r in runs if "kl/ref" in r.scalars and "reward/gold" in r.scalars
+    ):
+        kl = dict(run.scalars["kl/ref"])
+        gold = [(s, v) for s, v in run.scalars["reward/gold"] if s in kl]
+        ax.plot([kl[s] for s, _ in gold], [v for _, v in gold], "-", alpha=0.35,
+                color=colors[k % len(colors)], label=f"{run.label} (training)")  # fmt: skip
+    for k, ev in enumerate(evals):
+        low, high = ev["gold_ci"]
+        ax.errorbar(ev["kl_ref"], ev["gold_reward"], yerr=[[ev["gold_reward"] - low],
+                    [high - ev["gold_reward"]]], fmt="o", ms=8, capsize=4,
+                    color=colors[k % len(colors)] if ev["name"] != "sft" else "black",
+                    label=f"{ev['name']} (final eval)")  # fmt: skip
+    ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
+    ax.set_ylabel("gold reward (held-out prompts)")
+    ax.set_title("Reward–KL frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_overoptimisation(runs: list[AgentRun], path: Path) -> bool:
+    """Learned (train) vs gold reward over training of each run optimising a learned reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in runs if r.agent in ("ppo", "reinforce") and "reward/gold" in r.scalars
+              and r.config.get("reward_model") not in (None, "sentiment", "arithmetic")]  # fmt: skip
+    chosen = chosen or [r for r in runs if r.agent == "ppo"]
+    if not chosen:
+        return False
+    fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 4), squeeze=False)
+    for ax, run in zip(axes[0], chosen):
+        for tag, style in (("reward/train", "-"), ("reward/gold", "--")):
+            values = run.scalars.get(tag, [])
+            ax.plot([s for s, _ in values], [v for _, v in values], style, label=tag)
+        ax.set_title(run.label)
+        ax.set_xlabel("prompts consumed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Learned reward vs gold reward during training (over-optimisation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_training_curves(runs: list[AgentRun], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = ["reward/gold", "reward/train", "kl/ref", "loss/total", "episode/length", "kl/beta"]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    for ax, tag in zip(axes.flat, tags):
+        for run in runs:
+            values = run.scalars.get(tag)
+            if values:
+                ax.plot([s for s, _ in values], [v for _, v in values], label=run.label)
+        ax.set_title(tag)
+        ax.set_xlabel("prompts (pairs for DPO) consumed")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    runs: list[AgentRun], evals: list[dict], out_dir: Path, notes: list[str] | None = None
+) -> dict:
+    """Write ``results.json``, ``report.md`` and the PNG plots to ``out_dir``; return results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(runs)
+    plot_frontier(runs, evals, out_dir / "frontier.png")
+    has_overopt = plot_overoptimisation(runs, out_dir / "overoptimisation.png")
+    plot_training_curves(runs, out_dir / "training_curves.png")
+    results = {"runs": rows, "evaluations": evals}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    lines = ["# tokenmdp report", ""]
+    lines += explain(evals, runs)
+    if evals:
+        lines += ["", "## Held-out evaluation", ""]
+        lines.append(markdown_table(
+            [{**e, "gold_ci": f"[{e['gold_ci'][0]:.3f}, {e['gold_ci'][1]:.3f}]"} for e in evals],
+            [("name", "policy", 0), ("gold_reward", "gold reward", 3), ("gold_ci", "95% CI", 0),
+             ("learned_reward", "learned reward", 3), ("kl_ref", "KL to SFT", 2),
+             ("length", "length", 1), ("n", "prompts", 0)],
+        ))  # fmt: skip
+    lines += ["", "## Training runs", "", markdown_table(rows, SUMMARY_COLUMNS), ""]
+    lines += ["![reward-KL frontier](frontier.png)", ""]
+    if has_overopt:
+        lines += ["![over-optimisation](overoptimisation.png)", ""]
+    lines += ["![training curves](training_curves.png)", ""]
+    samples = [(e["name"], s) for e in evals for s in e.get("samples", [])[:2]]
+    if samples:
+        lines += ["## Sample completions", ""]
+        lines += [f"- **{n}** (gold {s['gold_reward']:+.2f}): {s['prompt']}⟨{s['completion']}⟩"
+                  for n, s in samples]  # fmt: skip
+    lines += [f"- {note}" for note in notes or []]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return results
+
+
+def explain(evals: list[dict], runs: list[AgentRun]) -> list[str]:
+    """The outcome in plain words: who reached what gold reward at what KL, and the gap."""
+    if not evals:
+        return ["No held-out evaluation was found; the table below summarises the training logs."]
+    base = next((e for e in evals if e["name"] == "sft"), None)
+    lines = []
+    for e in evals:
+        if e["name"] == "sft":
+            continue
+        text = f"**{e['name']}** reached a mean gold reward of {e['gold_reward']:.3f} at KL {e['kl_ref']:.2f} from the SFT policy"
+        if base is not None:
+            delta = e["gold_reward"] - base["gold_reward"]
+            beats = e["gold_ci"][0] > base["gold_ci"][1]
+            verdict = ("clearly above SFT (the 95% intervals do not overlap)" if beats else
+                       "above SFT, but the 95% intervals overlap" if delta > 0 else
+                       "NOT above SFT")  # fmt: skip
+            text += f": {delta:+.3f} vs SFT ({base['gold_reward']:.3f}), {verdict}"
+        if not math.isnan(e.get("learned_reward", math.nan)):
+            text += f"; its learned reward is {e['learned_reward']:.3f}"
+        lines.append(f"- {text}.")
+    for run in runs:
+        train, gold = run.scalars.get("reward/train"), run.scalars.get("reward/gold")
+        if run.agent == "ppo" and train and gold and len(train) > 1:
+            lines.append(
+                f"- Over-optimisation check ({run.label}): the learned reward went from "
+                f"{train[0][1]:.3f} to {train[-1][1]:.3f} during training while the gold "
+                f"reward went from {gold[0][1]:.3f} to {gold[-1][1]:.3f}."
+            )
+    return lines
