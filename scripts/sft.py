@@ -1,0 +1,65 @@
+"""``tokenmdp sft``: fine-tune a policy on ``{"prompt","completion"}`` JSONL, or pre-train a tiny
+GPT-2 from scratch on a built-in task's corpus (``--task sentiment``).
+
+  tokenmdp sft --policy runs/pretrained --data demos.jsonl --out runs/sft-policy
+  tokenmdp sft --task sentiment --out runs/pretrained --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.logging import run_dir_for
+from agents.sft import SFT, SFTConfig, pretrain_on_task
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenmdp sft", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--policy", help="save_pretrained directory of the policy to fine-tune")
+    io.add_argument("--tokenizer", help="tokenizer directory (default: the policy's)")
+    io.add_argument("--data", help='JSONL file of {"prompt", "completion"} rows')
+    io.add_argument(
+        "--task", help="pre-train a fresh tiny GPT-2 on this built-in task's corpus instead"
+    )
+    io.add_argument("--task-kwargs", default="{}", help="task options as JSON (default: {})")
+    io.add_argument(
+        "--model-kwargs",
+        default="{}",
+        help='tiny_gpt2 options as JSON for --task, e.g. {"n_layer": 2, "n_embd": 128}',
+    )
+    io.add_argument("--out", required=True, help="directory for the trained policy + tokenizer")
+    io.add_argument("--run-dir", help="run directory (default: runs/<task or data>/sft-<name>)")
+    io.add_argument("--name", default="default", help="run name for the default run directory")
+    add_dataclass_args(parser, SFTConfig, title="training (SFTConfig)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = dataclass_from_args(SFTConfig, args)
+    if (args.task is None) == (args.policy is None):
+        parser.error("give exactly one of --policy (fine-tune) or --task (pre-train from scratch)")
+    if args.task is not None:
+        run_dir = args.run_dir or run_dir_for("runs", args.task, "pretrain", args.name)
+        out = pretrain_on_task(
+            args.task, json.loads(args.task_kwargs), args.out, config, run_dir,
+            json.loads(args.model_kwargs),
+        )  # fmt: skip
+    else:
+        if args.data is None:
+            parser.error("--policy needs --data")
+        run_dir = args.run_dir or run_dir_for("runs", "jsonl", "sft", args.name)
+        sft = SFT(args.policy, args.tokenizer, args.data, config, run_dir)
+        sft.learn()
+        out = sft.save(args.out)
+    print(f"saved policy to {out} (run directory {run_dir})")
+
+
+if __name__ == "__main__":
+    main()
