@@ -135,7 +135,12 @@ def token_logprobs(
 
 
 def set_num_threads(threads: int | None = None) -> None:
-    """Use every core we have (2 here) unless told otherwise."""
+    """Use every core we have (2 here) unless told otherwise, and flush denormal floats to zero.
+
+    Without the flush, Adam's tiny second-moment values turn into denormals after the first
+    steps and every optimiser step on CPU runs >10x slower (measured on the tiny GPT-2).
+    """
     import os
 
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    torch.set_flush_denormal(True)
