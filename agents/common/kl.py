@@ -1,0 +1,129 @@
+"""KL to the reference policy: per-token estimators, the exact per-token KL, and β controllers.
+
+With ``logr = log π_θ(y_t) − log π_ref(y_t)`` at the sampled token y_t ~ π_θ, the estimators of
+KL(π_θ‖π_ref) at that position are (Schulman, "Approximating KL divergence", 2020):
+k1 = logr (unbiased, high variance, can be negative), k2 = ½·logr² (biased, ≥ 0),
+k3 = (e^{−logr} − 1) + logr (unbiased, ≥ 0). Because the agent holds the full logits, the exact
+per-token KL Σ_v π_θ(v)·(log π_θ(v) − log π_ref(v)) is available too; logging it beside the
+estimators shows when a sample estimate misleads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k1 = log π_θ − log π_ref per token; shapes (batch, T) → (batch, T)."""
+    return logprobs - ref_logprobs
+
+
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k2 = ½ (log π_θ − log π_ref)² per token."""
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 = (π_ref/π_θ − 1) − log(π_ref/π_θ) per token."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.expm1(log_ratio) - log_ratio
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "k1": kl_k1,
+    "k2": kl_k2,
+    "k3": kl_k3,
+}
+
+
+def exact_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """Exact KL(π_θ‖π_ref) per position over the whole vocabulary.
+
+    ``log_probs``/``ref_log_probs``: (batch, T, vocab) normalised fp32 log-probs; ``log_probs``
+    may hold −inf (tokens removed by top-k/top-p), which contribute 0. Returns (batch, T).
+    """
+    probs = log_probs.exp()
+    diff = torch.where(probs > 0, log_probs - ref_log_probs, torch.zeros_like(log_probs))
+    return (probs * diff).sum(-1)
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over the last axis of ``x * mask``: per-sequence totals, (batch, T) → (batch,)."""
+    return (x * mask).sum(-1)
+
+
+def sequence_kl_stats(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    exact: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Mean sequence KL (Σ over tokens, mean over sequences) for every estimator (+ exact).
+
+    ``kl/ref`` is the k1 estimate (the DESIGN.md tag); ``kl/k2``, ``kl/k3`` and ``kl/exact`` sit
+    beside it.
+    """
+    stats = {
+        f"kl/{name}": masked_sum(fn(logprobs, ref_logprobs), mask).mean().item()
+        for name, fn in KL_ESTIMATORS.items()
+    }
+    stats["kl/ref"] = stats.pop("kl/k1")
+    if exact is not None:
+        stats["kl/exact"] = masked_sum(exact, mask).mean().item()
+    return stats
+
+
+@dataclass
+class FixedKLController:
+    """β stays at its initial value."""
+
+    value: float
+
+    def update(self, kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+@dataclass
+class AdaptiveKLController:
+    """Proportional β control towards a target sequence KL (Ziegler et al. 2019, eq. 2).
+
+    e = clip(KL / target − 1, −0.2, 0.2);  β ← β · (1 + e · n_steps / horizon),
+    with ``n_steps`` the prompts consumed since the last update.
+    """
+
+    value: float
+    target: float
+    horizon: float
+
+    def update(self, kl: float, n_steps: int) -> float:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+def make_kl_controller(
+    beta: float, target: float | None, horizon: float
+) -> FixedKLController | AdaptiveKLController:
+    """Fixed β when ``target`` is None, else the adaptive controller."""
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if target is None:
+        return FixedKLController(beta)
+    if target <= 0 or horizon <= 0:
+        raise ValueError(f"kl_target and kl_horizon must be > 0, got {target}, {horizon}")
+    return AdaptiveKLController(beta, target, horizon)

@@ -1,0 +1,77 @@
+"""Policy-gradient losses as pure functions of tensors returning ``(loss, stats)``.
+
+Token tensors are (batch, T) with ``mask`` 1 on generated tokens; losses average over the
+masked tokens of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from agents.common.advantages import masked_mean
+
+
+def ppo_clip_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate (Schulman et al. 2017, eq. 7), negated to a loss.
+
+    L = −E_t[min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t)],  ρ_t = π_θ(y_t)/π_old(y_t).
+    Stats: ``policy/clipfrac`` (share of tokens where the clip is active) and
+    ``policy/approx_kl`` (k3 estimate of KL(π_old‖π_θ)).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    loss = -masked_mean(torch.min(unclipped, clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1.0).abs() > clip_eps).float(), mask)
+        approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+    return loss, {"policy/clipfrac": clipfrac.item(), "policy/approx_kl": approx_kl.item()}
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """½·E_t[max((V − R)², (V_old + clip(V − V_old, −c, c) − R)²)]  (PPO2 / OpenAI baselines).
+
+    ``clip=None`` gives the plain squared error ½·E_t[(V − R)²].
+    """
+    unclipped = (values - returns) ** 2
+    if clip is None:
+        return 0.5 * masked_mean(unclipped, mask), {"value/clipfrac": 0.0}
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped, clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    return loss, {"value/clipfrac": clipfrac.item()}
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy per position of softmax(``logits``) (−inf logits allowed): (..., vocab) → (...)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    probs = log_probs.exp()
+    return -(probs * torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))).sum(-1)
+
+
+def reinforce_loss(
+    logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sequence-level REINFORCE (Williams 1992): L = −E_i[(R_i − b_i)·Σ_t log π_θ(y_{i,t})].
+
+    ``logprobs``/``mask``: (batch, T); ``advantages``: (batch,) = R − b.
+    """
+    seq_logprobs = (logprobs * mask).sum(-1)
+    loss = -(advantages * seq_logprobs).mean()
+    return loss, {"policy/seq_logprob": seq_logprobs.mean().item()}

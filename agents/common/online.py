@@ -1,0 +1,339 @@
+"""What PPO and REINFORCE share: the env, the frozen reference, the one-pass scoring of a rollout,
+and a ``learn()`` loop with logging, atomic checkpoints, ``--resume`` and non-finite guards.
+
+An ``OnlineAgent`` subclass sets ``agent_name`` and implements ``_iteration()`` (one rollout
+batch → one update, returning its metrics); it may add models/optimisers/state to the
+checkpoint through ``_models()``, ``_optimizers()``, ``_extra_state()``/``_load_extra_state()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+from agents.common.checkpoint import (
+    has_checkpoint,
+    load_checkpoint_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from agents.common.critic import ValueModel
+from agents.common.kl import exact_kl, make_kl_controller
+from agents.common.logging import RunLogger
+from agents.common.losses import entropy_from_logits
+from agents.common.policy import (
+    SamplingConfig,
+    check_same_tokenizer,
+    completion_logits,
+    gather_logprobs,
+    load_policy,
+    process_logits,
+)
+from agents.common.precision import autocast, resolve_precision
+from agents.common.rollout import Rollout, rollout
+from llm_env.vector import TokenMDPVectorEnv
+from reward_models.base import RewardModelError
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingStopped(RuntimeError):
+    """A non-finite loss or reward: the run stops, the last good checkpoint stays on disk."""
+
+
+@dataclass
+class RolloutScores:
+    """The one-pass re-evaluation of a rollout, (B, T) fp32 each, 0 on masked positions.
+
+    ``logprobs``: π_θ of the sampled distribution; ``ref_logprobs``: π_ref at the same
+    temperature, untruncated; ``exact_kl``: Σ_v π_θ(v)(log π_θ(v) − log π_ref(v)) per position;
+    ``entropy``: entropy of the sampled distribution per position.
+    """
+
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    exact_kl: torch.Tensor
+    entropy: torch.Tensor
+
+
+def masked_token_logprobs(
+    log_probs: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Gather (B, T) log-probs of ``tokens`` from (B, T, V); 0 where ``mask`` is 0 (never −inf)."""
+    return torch.where(mask > 0, gather_logprobs(log_probs, tokens), 0.0)
+
+
+@torch.no_grad()
+def score_rollout(
+    policy: torch.nn.Module,
+    ref: torch.nn.Module,
+    roll: Rollout,
+    sampling: SamplingConfig,
+    precision: str,
+) -> RolloutScores:
+    """ONE full-sequence forward each of policy and reference over the whole rollout batch."""
+    mask, tokens = roll.completion_mask, roll.completion_ids
+    with autocast(precision):
+        logits = completion_logits(policy, roll.input_ids, roll.attention_mask, roll.prompt_width)
+    log_probs = F.log_softmax(process_logits(logits, sampling), dim=-1)
+    del logits
+    with autocast(precision):
+        ref_logits = completion_logits(ref, roll.input_ids, roll.attention_mask, roll.prompt_width)
+    ref_sampling = SamplingConfig(temperature=sampling.temperature)
+    ref_log_probs = F.log_softmax(process_logits(ref_logits, ref_sampling), dim=-1)
+    del ref_logits
+    return RolloutScores(
+        logprobs=masked_token_logprobs(log_probs, tokens, mask),
+        ref_logprobs=masked_token_logprobs(ref_log_probs, tokens, mask),
+        exact_kl=exact_kl(log_probs, ref_log_probs) * mask,
+        entropy=entropy_from_logits(log_probs) * mask,
+    )
+
+
+def draw_prompts(pool: tuple[str, ...], n: int, seed: int, iteration: int) -> list[str]:
+    """``n`` prompts drawn with replacement; a pure function of (seed, iteration), so resumable."""
+    rng = np.random.default_rng([seed, iteration])
+    return [pool[i] for i in rng.integers(len(pool), size=n)]
+
+
+def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module:
+    """A frozen copy of the initial policy, or the causal LM saved at ``ref_policy``."""
+    if ref_policy is None:
+        ref = copy.deepcopy(policy)
+    else:
+        ref, ref_tokenizer = load_policy(ref_policy)
+        check_same_tokenizer(tokenizer, ref_tokenizer, "policy and reference")
+    ref.eval().requires_grad_(False)
+    return ref
+
+
+def reload_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy the weights saved at ``path`` into ``model`` in place (optimisers keep their params)."""
+    if isinstance(model, ValueModel):
+        saved = ValueModel.from_pretrained(path)
+    else:
+        saved = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
+        )
+    model.load_state_dict(saved.state_dict())
+
+
+def summary_line(record: dict[str, float]) -> str:
+    keys = ("reward/train", "reward/gold", "kl/ref", "kl/exact", "kl/beta", "episode/length")
+    parts = [f"{k}={record[k]:.4g}" for k in keys if k in record]
+    return f"iter {record['iteration']} prompts {record['prompts']}: " + " ".join(parts)
+
+
+class OnlineAgent:
+    """Shared constructor and ``learn()`` loop of the online agents (see the module docstring)."""
+
+    agent_name = "online"
+
+    def __init__(
+        self,
+        policy,
+        tokenizer=None,
+        env_kwargs: dict | None = None,
+        config=None,
+        run_dir: str | Path = "runs/online",
+        reward_model=None,
+    ):
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.policy, self.tokenizer = load_policy(policy, tokenizer)
+        self.policy.eval()  # dropout off: π_θ/π_old must be exactly 1 before the first update
+        self.ref = load_reference(self.policy, self.tokenizer, config.ref_policy)
+        env_kwargs = dict(env_kwargs or {})
+        if reward_model is not None:
+            env_kwargs["reward_model"] = reward_model
+        self.env = TokenMDPVectorEnv(
+            num_envs=self.rollout_size,
+            autoreset_mode="disabled",
+            tokenizer=self.tokenizer,
+            **env_kwargs,
+        )
+        self.sampling = SamplingConfig(config.temperature, config.top_k, config.top_p)
+        if self.sampling.truncates:
+            warnings.warn(
+                f"sampling with top_k={config.top_k}, top_p={config.top_p}: log-probs and the KL "
+                "are computed for this truncated distribution (the one actually sampled from)",
+                stacklevel=2,
+            )
+        self.precision = resolve_precision(config.precision)
+        self.kl_ctl = make_kl_controller(config.beta, config.kl_target, config.kl_horizon)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.run_dir = Path(run_dir)
+        self.iteration = 0
+        self.prompts_consumed = 0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def rollout_size(self) -> int:
+        """Sequences per rollout batch (one per prompt unless the agent samples several)."""
+        return self.config.batch_size
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+    # -- what subclasses provide ----------------------------------------------------------------
+    def _iteration(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _models(self) -> dict[str, Any]:
+        return {"policy": self.policy}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- shared steps ---------------------------------------------------------------------------
+    def _rollout(self, prompts: list[str]) -> Rollout:
+        """Sample one completion per prompt; a failing reward model stops the run cleanly."""
+        try:
+            return rollout(
+                self.policy, self.env, self.sampling, self.generator, prompts, None, self.precision
+            )
+        except RewardModelError as e:
+            self._stop(f"the reward failed: {e}")
+
+    def _prompt_pool(self) -> tuple[str, ...]:
+        return self.env.setup.task.prompts(self.env.setup.split)
+
+    def _check_finite(self, name: str, value: torch.Tensor) -> None:
+        if not torch.isfinite(value).all():
+            bad = value[~torch.isfinite(value)].flatten()[0].item()
+            self._stop(f"{name} is non-finite ({bad})")
+
+    def _stop(self, reason: str):
+        kept = (
+            f"the last good checkpoint is kept at {self.checkpoint_dir}"
+            if has_checkpoint(self.checkpoint_dir)
+            else "no checkpoint was saved yet"
+        )
+        raise TrainingStopped(
+            f"{self.agent_name}: stopping at iteration {self.iteration} "
+            f"({self.prompts_consumed} prompts): {reason}; {kept}"
+        )
+
+    def _optimizer_step(
+        self, loss: torch.Tensor, parts: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
+    ) -> dict[str, float]:
+        """Backward, clip each model's gradient norm to ``max_grad_norm``, step each optimiser."""
+        for _, opt in parts.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        stats = {}
+        for name, (model, opt) in parts.items():
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+            stats[f"grad_norm/{name}"] = norm.item()
+            opt.step()
+        return stats
+
+    def _anneal_lr(self, fraction: float) -> None:
+        """Set every learning rate to ``fraction`` of its initial value (linear annealing)."""
+        for opt in self._optimizers().values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * fraction
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        state = {
+            "iteration": self.iteration,
+            "prompts_consumed": self.prompts_consumed,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self._optimizers().items()},
+            "rng": rng_state(self.generator),
+            "history": self.history,
+            "extra": self._extra_state(),
+        }
+        return save_checkpoint(self.checkpoint_dir, self._models(), state, self.tokenizer)
+
+    def restore_checkpoint(self, path: Path | None = None) -> None:
+        """Continue from a checkpoint: weights, optimisers, β, RNG states, counters, history."""
+        path = Path(path or self.checkpoint_dir)
+        state = load_checkpoint_state(path)
+        for name, model in self._models().items():
+            reload_weights(model, path / name)
+        for name, opt in self._optimizers().items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        set_rng_state(state["rng"], self.generator)
+        self.iteration = int(state["iteration"])
+        self.prompts_consumed = int(state["prompts_consumed"])
+        self.history = list(state["history"])
+        self._load_extra_state(state["extra"])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def learn(self, total_prompts: int | None = None) -> list[dict[str, float]]:
+        """Train until ``total_prompts`` (default ``config.total_prompts``) prompts are consumed.
+
+        Returns one metrics dict per iteration (those before a resume included). Writes
+        TensorBoard events, ``metrics.jsonl``, checkpoints every ``save_every`` iterations and
+        at the end, and the final policy to ``run_dir/final``.
+        """
+        cfg = self.config
+        total = int(total_prompts or cfg.total_prompts)
+        if cfg.resume and has_checkpoint(self.checkpoint_dir):
+            self.restore_checkpoint()
+        logger = RunLogger(self.run_dir, cfg)
+        metrics_path = self.run_dir / METRICS_FILE
+        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        start = time.perf_counter() - (self.history[-1]["time/wall"] if self.history else 0.0)
+        bar = tqdm(total=total, initial=self.prompts_consumed, desc=self.agent_name, unit="prompt")
+        try:
+            while self.prompts_consumed < total:
+                t0 = time.perf_counter()
+                if cfg.anneal_lr:
+                    self._anneal_lr(1.0 - self.prompts_consumed / total)
+                metrics = self._iteration()
+                self.iteration += 1
+                self.prompts_consumed += cfg.batch_size
+                seconds = time.perf_counter() - t0
+                metrics["perf/seconds_per_iter"] = seconds
+                metrics["perf/tokens_per_s"] = metrics.pop("episode/tokens") / seconds
+                metrics["time/wall"] = time.perf_counter() - start
+                record = {"iteration": self.iteration, "prompts": self.prompts_consumed, **metrics}
+                self.history.append(record)
+                logger.log(self.prompts_consumed, metrics)
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.update(cfg.batch_size)
+                bar.set_postfix(
+                    reward=f"{metrics['reward/train']:.3f}", kl=f"{metrics['kl/ref']:.3f}"
+                )
+                if cfg.log_every and self.iteration % cfg.log_every == 0:
+                    tqdm.write(summary_line(record))
+                if cfg.save_every and self.iteration % cfg.save_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            logger.close()
+        self.save_checkpoint()
+        self.save(self.run_dir / "final")
+        return self.history
+
+    def save(self, path: str | Path) -> None:
+        """The policy (``from_pretrained`` loadable) and its tokenizer."""
+        path = Path(path)
+        self.policy.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)

@@ -1,0 +1,254 @@
+"""PPO with a critic: the four-model RLHF setup (Ouyang et al. 2022, stage 3).
+
+Policy π_θ, frozen reference π_ref, reward model (any ``load_reward_model`` spec, scored by the
+env) and critic V. Each iteration:
+1. roll out ``batch_size`` prompts through ``TokenMDPVectorEnv`` with the KV cache;
+2. ONE full-sequence forward each of policy (old log-probs), reference and critic;
+3. per-token rewards r_t = −β·(log π_θ − log π_ref)_t + [t = T]·r_RM, GAE(γ, λ) advantages;
+4. ``epochs`` passes of shuffled minibatches: clipped surrogate + clipped value loss
+   (− entropy bonus), gradient clipping; then β is updated by the KL controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from agents.common.advantages import (
+    explained_variance,
+    gae,
+    kl_penalised_rewards,
+    masked_mean,
+    whiten,
+)
+from agents.common.critic import ValueModel, completion_values
+from agents.common.kl import sequence_kl_stats
+from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
+from agents.common.online import OnlineAgent, draw_prompts, masked_token_logprobs, score_rollout
+from agents.common.policy import completion_logits, process_logits
+from agents.common.precision import autocast
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters; the defaults train a tiny GPT-2 on the built-in tasks."""
+
+    seed: int = 0
+    """Seeds prompt draws, sampling, minibatch order and initialisation."""
+    total_prompts: int = 8192
+    """Stop after this many prompts (x-axis of every logged scalar)."""
+    batch_size: int = 64
+    """Prompts (= sequences) per rollout batch / iteration."""
+    minibatch_size: int = 16
+    """Sequences per gradient step."""
+    epochs: int = 4
+    """Passes over each rollout batch."""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the policy."""
+    critic_learning_rate: float | None = None
+    """Adam learning rate of the critic (None = learning_rate)."""
+    anneal_lr: bool = False
+    """Decay the learning rates linearly to 0 over total_prompts."""
+    beta: float = 0.05
+    """Initial KL coefficient β."""
+    kl_target: float | None = None
+    """Target sequence KL for the adaptive controller (None = fixed β)."""
+    kl_horizon: float = 10000.0
+    """Horizon (in prompts) of the adaptive KL controller."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs are those of the tempered distribution)."""
+    top_k: int = 0
+    """Top-k truncation while sampling (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus truncation while sampling (1.0 = off)."""
+    gamma: float = 1.0
+    """Discount per token."""
+    lam: float = 0.95
+    """GAE λ."""
+    clip_eps: float = 0.2
+    """PPO ratio clip ε."""
+    value_clip: float | None = 0.2
+    """Clip of the value update around the old values (None = unclipped)."""
+    vf_coef: float = 0.5
+    """Weight of the value loss in the total loss."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit std over each rollout batch."""
+    max_grad_norm: float = 1.0
+    """Clip each model's gradient norm to this."""
+    no_eos_penalty: float = 0.0
+    """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
+    bootstrap_truncated: bool = False
+    """Bootstrap V(final state) on truncation; off as the env pays the full reward at the limit."""
+    critic_init: str = "policy"
+    """Critic backbone: "policy" (a copy) or a save_pretrained directory (e.g. the reward model)."""
+    ref_policy: str | None = None
+    """Reference model directory (None = a frozen copy of the initial policy)."""
+    precision: str = "auto"
+    """"auto" | "bf16" | "fp32" for forward passes; log-probs, KL and losses are fp32."""
+    save_every: int = 10
+    """Checkpoint every this many iterations (0 = only at the end)."""
+    resume: bool = False
+    """Continue from run_dir/checkpoint if it exists."""
+    log_every: int = 1
+    """Print a summary line every this many iterations (TensorBoard gets every iteration)."""
+
+
+class PPO(OnlineAgent):
+    """PPO over ``TokenMDPVectorEnv``; see the module docstring."""
+
+    agent_name = "ppo"
+
+    def __init__(
+        self,
+        policy,
+        tokenizer=None,
+        env_kwargs: dict | None = None,
+        config: PPOConfig | None = None,
+        run_dir: str | Path = "runs/ppo",
+        reward_model=None,
+        critic: ValueModel | str | Path | None = None,
+    ):
+        config = config or PPOConfig()
+        super().__init__(policy, tokenizer, env_kwargs, config, run_dir, reward_model)
+        if critic is not None:
+            self.critic = (
+                critic if isinstance(critic, ValueModel) else ValueModel.from_pretrained(critic)
+            )
+        elif config.critic_init == "policy":
+            self.critic = ValueModel.from_policy(self.policy)
+        else:
+            self.critic = ValueModel.from_backbone(config.critic_init)
+        self.critic.eval()
+        self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=config.critic_learning_rate or config.learning_rate
+        )
+
+    def _models(self):
+        return {"policy": self.policy, "critic": self.critic}
+
+    def _optimizers(self):
+        return {"policy": self.policy_opt, "critic": self.critic_opt}
+
+    def _iteration(self) -> dict[str, float]:
+        cfg = self.config
+        prompts = draw_prompts(self._prompt_pool(), cfg.batch_size, cfg.seed, self.iteration)
+        roll = self._rollout(prompts)
+        mask = roll.completion_mask
+        scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
+        with torch.no_grad(), autocast(self.precision):
+            all_values = completion_values(
+                self.critic, roll.input_ids, roll.attention_mask, roll.prompt_width
+            )  # (B, T + 1)
+        values = all_values[:, :-1] * mask
+        beta = self.kl_ctl.value
+        truncated = (~roll.terminated).float()
+        seq_scores = roll.rewards + cfg.no_eos_penalty * truncated
+        rewards = kl_penalised_rewards(
+            seq_scores, scores.logprobs - scores.ref_logprobs, mask, beta
+        )
+        self._check_finite("reward (KL-penalised, per token)", rewards)
+        last_values = None
+        if cfg.bootstrap_truncated:
+            last_values = all_values[torch.arange(len(mask)), roll.lengths.long()] * truncated
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam, last_values)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        train_stats = self._train(roll, scores.logprobs, values, advantages, returns)
+        kl_stats = sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl)
+        self.kl_ctl.update(kl_stats["kl/ref"], cfg.batch_size)
+        return {
+            "reward/train": roll.rewards.mean().item(),
+            "reward/gold": roll.gold_rewards.nanmean().item(),
+            "reward/total": rewards.sum(-1).mean().item(),
+            **kl_stats,
+            "kl/beta": beta,
+            "policy/entropy": masked_mean(scores.entropy, mask).item(),
+            **train_stats,
+            "value/explained_variance": explained_variance(values, returns, mask),
+            "value/mean": masked_mean(values, mask).item(),
+            "episode/length": roll.lengths.mean().item(),
+            "episode/eos_fraction": roll.terminated.float().mean().item(),
+            "episode/tokens": float(roll.num_tokens),
+        }
+
+    def _train(self, roll, old_logprobs, old_values, advantages, returns) -> dict[str, float]:
+        """``epochs`` passes of shuffled minibatches; returns the mean of each statistic."""
+        cfg = self.config
+        mask, tokens = roll.completion_mask, roll.completion_ids
+        totals: dict[str, float] = {}
+        n = 0
+        parts = {"policy": (self.policy, self.policy_opt), "critic": (self.critic, self.critic_opt)}
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(mask), generator=self.generator)
+            for idx in order.split(cfg.minibatch_size):
+                m = mask[idx]
+                with autocast(self.precision):
+                    logits = completion_logits(
+                        self.policy,
+                        roll.input_ids[idx],
+                        roll.attention_mask[idx],
+                        roll.prompt_width,
+                    )
+                    values = completion_values(
+                        self.critic,
+                        roll.input_ids[idx],
+                        roll.attention_mask[idx],
+                        roll.prompt_width,
+                    )[:, :-1]
+                log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
+                logprobs = masked_token_logprobs(log_probs, tokens[idx], m)
+                pg_loss, pg_stats = ppo_clip_loss(
+                    logprobs, old_logprobs[idx], advantages[idx], m, cfg.clip_eps
+                )
+                vf_loss, vf_stats = clipped_value_loss(
+                    values, old_values[idx], returns[idx], m, cfg.value_clip
+                )
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if cfg.ent_coef:
+                    entropy = masked_mean(entropy_from_logits(log_probs), m)
+                    loss = loss - cfg.ent_coef * entropy
+                self._check_finite("loss/total", loss.detach())
+                grad_stats = self._optimizer_step(loss, parts)
+                stats = {
+                    "loss/policy": pg_loss.item(),
+                    "loss/value": vf_loss.item(),
+                    "loss/total": loss.item(),
+                    **pg_stats,
+                    **vf_stats,
+                    **grad_stats,
+                }
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n += 1
+        return {k: v / n for k, v in totals.items()}
+
+    def save(self, path: str | Path) -> None:
+        """Policy + tokenizer in ``path`` (``from_pretrained`` loadable), critic in ``path/critic``."""
+        super().save(path)
+        self.critic.save_pretrained(Path(path) / "critic")
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        env_kwargs: dict | None = None,
+        config: PPOConfig | None = None,
+        run_dir: str | Path = "runs/ppo",
+        reward_model=None,
+    ) -> PPO:
+        """An agent whose policy (and critic, if saved) come from ``save(path)``."""
+        critic = Path(path) / "critic"
+        return cls(
+            path,
+            env_kwargs=env_kwargs,
+            config=config,
+            run_dir=run_dir,
+            reward_model=reward_model,
+            critic=critic if critic.is_dir() else None,
+        )

@@ -1,0 +1,148 @@
+"""PPO: the closed-form KL-regularised optimum on an enumerable toy MDP, exact resume, stopping
+on non-finite rewards/losses with the last good checkpoint kept, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import agents.ppo
+import llm_env
+from agents.common.checkpoint import load_checkpoint_state
+from agents.common.online import TrainingStopped
+from agents.ppo import PPO, PPOConfig
+from reward_models.base import FunctionRewardModel
+from tests import toy
+
+ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
+VOLATILE = ("perf/", "time/")
+
+
+def small_config(**overrides) -> PPOConfig:
+    base = dict(
+        batch_size=16, minibatch_size=8, epochs=2, learning_rate=1e-3, precision="fp32",
+        save_every=0, log_every=0,
+    )  # fmt: skip
+    return PPOConfig(**{**base, **overrides})
+
+
+def stable(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if not k.startswith(VOLATILE)} for h in history]
+
+
+def test_ppo_reaches_closed_form_optimum_on_two_token_toy(tmp_path):
+    task = toy.toy_task(max_new_tokens=2)
+    tokenizer = task.tokenizer()
+    policy = llm_env.tiny_gpt2(tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=16)
+    seqs = toy.completions(len(tokenizer), tokenizer.eos_token_id, 2)
+    rewards = toy.rewards_of(task, seqs)
+    beta = 0.5
+    target = toy.optimum(toy.sequence_probs(policy, tokenizer, seqs), rewards, beta)
+    assert toy.total_variation(toy.sequence_probs(policy, tokenizer, seqs), target) > 0.3
+    config = small_config(
+        batch_size=64, minibatch_size=32, epochs=4, learning_rate=2e-3, beta=beta, lam=1.0,
+        anneal_lr=True, total_prompts=64 * 60,
+    )  # fmt: skip
+    agent = PPO(policy, tokenizer, toy.toy_env_kwargs(task), config, run_dir=tmp_path / "ppo")
+    history = agent.learn()
+    tv = toy.total_variation(toy.sequence_probs(agent.policy, tokenizer, seqs), target)
+    print(f"PPO toy TV = {tv:.4f}")
+    assert tv <= 0.05
+    assert all(h["kl/beta"] == beta for h in history)
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, arithmetic_tokenizer):
+    def make(run_dir, resume=False):
+        policy = llm_env.tiny_gpt2(
+            arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32
+        )
+        config = small_config(
+            save_every=2, resume=resume, total_prompts=16 * 5, kl_target=0.5, kl_horizon=100
+        )
+        return PPO(policy, arithmetic_tokenizer, ARITH, config, run_dir=run_dir)
+
+    full = make(tmp_path / "full")
+    reference = full.learn()
+
+    killed = make(tmp_path / "resumed")
+    original = killed._iteration
+    calls = {"n": 0}
+
+    def dies_on_fourth():
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original()
+
+    killed._iteration = dies_on_fourth
+    with pytest.raises(KeyboardInterrupt):
+        killed.learn()
+    assert load_checkpoint_state(tmp_path / "resumed" / "checkpoint")["iteration"] == 2
+
+    resumed = make(tmp_path / "resumed", resume=True)
+    history = resumed.learn()
+    assert len(history) == 5 and stable(history) == stable(reference)
+    assert reference[-1]["kl/beta"] != reference[0]["kl/beta"]  # the controller state moved
+    for a, b in zip(full.policy.parameters(), resumed.policy.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.critic.parameters(), resumed.critic.parameters()):
+        assert torch.equal(a, b)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3, 4, 5]
+
+
+def test_non_finite_reward_stops_and_keeps_last_good_checkpoint(tmp_path, arithmetic_tokenizer):
+    broken = {"on": False}
+
+    def reward(prompts, completions):
+        return [float("nan") if broken["on"] else 0.5] * len(prompts)
+
+    policy = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    rm = FunctionRewardModel(reward, "flaky-rm")
+    agent = PPO(policy, arithmetic_tokenizer, ARITH, small_config(save_every=1), tmp_path, rm)
+    agent.learn(total_prompts=32)
+    saved = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+    broken["on"] = True
+    with pytest.raises(
+        TrainingStopped, match=r"(?s)iteration 2.*flaky-rm.*nan.*last good checkpoint"
+    ):
+        agent.learn(total_prompts=64)
+    assert load_checkpoint_state(tmp_path / "checkpoint")["iteration"] == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint" / "policy")
+    for k, v in reloaded.state_dict().items():
+        assert torch.equal(v, saved[k])
+
+
+def test_non_finite_loss_stops_with_its_name(tmp_path, arithmetic_tokenizer, monkeypatch):
+    def nan_loss(*args, **kwargs):
+        return torch.tensor(float("nan"), requires_grad=True), {}
+
+    monkeypatch.setattr(agents.ppo, "ppo_clip_loss", nan_loss)
+    policy = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    agent = PPO(policy, arithmetic_tokenizer, ARITH, small_config(), tmp_path)
+    with pytest.raises(TrainingStopped, match="loss/total is non-finite"):
+        agent.learn(total_prompts=16)
+
+
+def test_save_load_round_trip_and_run_dir_layout(tmp_path, arithmetic_tokenizer):
+    policy = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    agent = PPO(policy, arithmetic_tokenizer, ARITH, small_config(), tmp_path / "run")
+    history = agent.learn(total_prompts=32)
+    assert [h["prompts"] for h in history] == [16, 32]
+    run = tmp_path / "run"
+    assert (run / "config.json").is_file() and list(run.glob("events.out.tfevents.*"))
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 16
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    ids = torch.tensor([[4, 5, 6, 7]])
+    final = AutoModelForCausalLM.from_pretrained(run / "final")
+    torch.testing.assert_close(final(ids).logits, agent.policy(ids).logits)
+    agent.save(tmp_path / "saved")
+    loaded = PPO.load(tmp_path / "saved", env_kwargs=ARITH, config=small_config())
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(loaded.critic(ids, mask), agent.critic(ids, mask))
+    torch.testing.assert_close(loaded.policy(ids).logits, agent.policy(ids).logits)
+    assert np.isfinite(history[-1]["kl/exact"]) and history[-1]["kl/exact"] >= 0
