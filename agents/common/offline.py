@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,21 @@ def load_examples(
     if not rows:
         raise ValueError(f"{what}: the dataset is empty")
     return [tuple(r[k] for k in keys) for r in rows], rows
+
+
+def load_preference_pairs(
+    data: str | Path | Sequence, what: str
+) -> tuple[list[tuple[str, str, str]], list[dict], int]:
+    """``(prompt, chosen, rejected)`` triples, their full rows, and how many rows had
+    ``chosen == rejected`` — those carry no preference and are skipped (with a warning)."""
+    triples, rows = load_examples(data, ("prompt", "chosen", "rejected"), what)
+    keep = [i for i, (_, c, r) in enumerate(triples) if c != r]
+    skipped = len(triples) - len(keep)
+    if skipped:
+        warnings.warn(f"{what}: skipped {skipped} row(s) whose chosen == rejected", stacklevel=2)
+    if not keep:
+        raise ValueError(f"{what}: no usable pairs (all {skipped} rows have chosen == rejected)")
+    return [triples[i] for i in keep], [rows[i] for i in keep], skipped
 
 
 def encode_examples(
