@@ -1,0 +1,270 @@
+"""Direct preference optimisation (Rafailov et al., 2023) and its IPO / conservative variants.
+
+Offline: reads ``{"prompt","chosen","rejected"}`` pairs. The reference log-probs are computed
+once up front — the reference model is then dropped from memory (it stays on disk, loaded only
+for the KL of the evaluation points). Each step runs chosen and rejected through the policy in
+ONE concatenated, dynamically padded forward pass. At evaluation points the policy samples
+through the env, so DPO lands on the same reward/gold–kl/ref axes as PPO and REINFORCE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from agents.common.evaluate import evaluate
+from agents.common.logging import RunLogger
+from agents.common.offline import (
+    OfflineConfig,
+    encode_examples,
+    fit,
+    load_preference_pairs,
+    pad_batch,
+    sequence_logprobs,
+    training_state,
+)
+from agents.common.policy import SamplingConfig, check_same_tokenizer, load_policy, set_num_threads
+from agents.common.precision import resolve_precision
+from llm_env.vector import TokenMDPVectorEnv
+
+REFERENCE_DIR = "reference"
+FINAL_DIR = "final"
+
+
+@dataclass
+class DPOConfig(OfflineConfig):
+    """DPO options (defaults: a tiny SFT'd GPT-2 on ``sentiment`` pairs, ~1–2 min on CPU)."""
+
+    learning_rate: float = 3e-4
+    """Peak AdamW learning rate."""
+    batch_size: int = 32
+    """Preference pairs per optimiser step."""
+    epochs: float = 2.0
+    """Passes over the pairs (fractions allowed)."""
+    log_every: int = 4
+    """Log every this many steps."""
+    save_every: int = 50
+    """Write an atomic checkpoint every this many steps (and at the end)."""
+    beta: float = 0.1
+    """β: strength of the implicit KL penalty; implicit reward = β·log(π/π_ref)."""
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO) | ipo | conservative (cDPO, label-smoothed)."""
+    label_smoothing: float = 0.1
+    """ε of the conservative loss: the assumed probability that a label is flipped."""
+    eval_every: int = 16
+    """Sample through the env for reward/gold and kl/ref every this many steps (and at the end)."""
+    eval_prompts: int = 64
+    """Held-out prompts sampled at each evaluation (0 = no evaluation)."""
+    eval_num_envs: int = 32
+    """Sequences per lockstep rollout during evaluation."""
+    eval_temperature: float = 1.0
+    """Sampling temperature of the evaluation rollouts."""
+
+
+def sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    """DPO, eq. 7: −log σ(β·h)."""
+    return -F.logsigmoid(beta * logits)
+
+
+def conservative_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    """cDPO: labels flipped with probability ε, −(1−ε)·log σ(β·h) − ε·log σ(−β·h)."""
+    return -(1 - label_smoothing) * F.logsigmoid(beta * logits) - label_smoothing * F.logsigmoid(
+        -beta * logits
+    )
+
+
+def ipo_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    """IPO (Azar et al., 2023, eq. 17): (h − 1/(2β))², on sequence log-ratios."""
+    return (logits - 1 / (2 * beta)) ** 2
+
+
+DPO_LOSSES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
+    "sigmoid": sigmoid_loss,
+    "ipo": ipo_loss,
+    "conservative": conservative_loss,
+}
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean preference loss over pairs and its statistics.
+
+    All inputs: (pairs,) fp32 sequence log-probs log π(y|x) = Σ_t log π(y_t | x, y_<t).
+    h = (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l)); the loss is
+    ``DPO_LOSSES[loss_type](h, β, ε)``. Logged: the log-ratios, the implicit rewards
+    β·log(π_θ/π_ref) of chosen and rejected, their margin and how often chosen wins.
+    """
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    logits = chosen_logratios - rejected_logratios
+    loss = DPO_LOSSES[loss_type](logits, beta, label_smoothing).mean()
+    chosen_rewards = beta * chosen_logratios.detach()
+    rejected_rewards = beta * rejected_logratios.detach()
+    return loss, {
+        "loss/policy": loss.item(),
+        "dpo/reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "dpo/margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "dpo/chosen_reward": chosen_rewards.mean().item(),
+        "dpo/rejected_reward": rejected_rewards.mean().item(),
+        "dpo/chosen_logratio": chosen_logratios.detach().mean().item(),
+        "dpo/rejected_logratio": rejected_logratios.detach().mean().item(),
+    }
+
+
+def check_config(config: DPOConfig) -> None:
+    if config.loss_type not in DPO_LOSSES:
+        raise ValueError(
+            f"unknown loss_type {config.loss_type!r}; choose from {sorted(DPO_LOSSES)}"
+        )
+    if config.beta <= 0:
+        raise ValueError(f"beta must be > 0, got {config.beta}")
+    if not 0 <= config.label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {config.label_smoothing}")
+
+
+class DPO:
+    """DPO on ``data`` (JSONL path or list of ``(prompt, chosen, rejected)``) from ``policy``
+    (directory or model); the reference is ``ref_policy`` or the policy's initial weights."""
+
+    def __init__(
+        self,
+        policy: str | Path | PreTrainedModel,
+        tokenizer: str | Path | PreTrainedTokenizerBase | None,
+        data: str | Path | list[tuple[str, str, str]],
+        config: DPOConfig | None = None,
+        run_dir: str | Path = "runs/dpo",
+        eval_env_kwargs: dict | None = None,
+        ref_policy: str | Path | PreTrainedModel | None = None,
+    ):
+        self.config = config or DPOConfig()
+        check_config(self.config)
+        self.run_dir = Path(run_dir)
+        self.precision = resolve_precision(self.config.precision)
+        self.policy, self.tokenizer = load_policy(policy, tokenizer)
+        if ref_policy is not None and not isinstance(ref_policy, PreTrainedModel):
+            _, ref_tokenizer = load_policy(ref_policy)
+            check_same_tokenizer(self.tokenizer, ref_tokenizer, "the policy and the reference")
+        if isinstance(ref_policy, (str, Path)):
+            self.ref_dir = Path(ref_policy)
+        elif ref_policy is None and isinstance(policy, (str, Path)):
+            self.ref_dir = Path(policy)
+        else:  # a model object: keep a copy on disk, the policy's weights are about to change
+            self.ref_dir = self.run_dir / REFERENCE_DIR
+            if not (self.ref_dir / "config.json").is_file():
+                ref = ref_policy if ref_policy is not None else self.policy
+                ref.save_pretrained(self.ref_dir, safe_serialization=True)
+                self.tokenizer.save_pretrained(self.ref_dir)
+        triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
+        prompts, chosen, rejected = (list(x) for x in zip(*triples))
+        n = self.config.max_length
+        self.chosen = encode_examples(self.tokenizer, prompts, chosen, n)
+        self.rejected = encode_examples(self.tokenizer, prompts, rejected, n)
+        self.eval_env_kwargs = eval_env_kwargs
+        self.ref_chosen_logps = self.ref_rejected_logps = None
+
+    def pair_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """Chosen rows then rejected rows, right-padded together: (2·pairs, L)."""
+        rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
+        return pad_batch(rows, self.tokenizer.pad_token_id)
+
+    def pair_logps(
+        self, model: torch.nn.Module, indices: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Sequence log-probs of chosen and rejected, (pairs,) each, from ONE forward pass."""
+        batch = self.pair_batch(indices)
+        logps = sequence_logprobs(model, batch, self.precision).sum(-1)
+        return logps[: len(indices)], logps[len(indices) :], int(batch["attention_mask"].sum())
+
+    @torch.no_grad()
+    def reference_logps(self, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π_ref of every chosen and rejected completion, computed once, (pairs,) each."""
+        ref = self.reference_model()
+        chosen, rejected = [], []
+        for start in tqdm(range(0, len(self.chosen), batch_size), desc="reference log-probs"):
+            c, r, _ = self.pair_logps(
+                ref, np.arange(start, min(start + batch_size, len(self.chosen)))
+            )
+            chosen.append(c)
+            rejected.append(r)
+        return torch.cat(chosen), torch.cat(rejected)
+
+    def reference_model(self) -> torch.nn.Module:
+        """The reference, loaded from disk in eval mode (it is not kept between uses)."""
+        return load_policy(self.ref_dir, self.tokenizer)[0].eval()
+
+    def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected, tokens = self.pair_logps(self.policy, indices)
+        loss, stats = dpo_loss(
+            chosen, rejected, self.ref_chosen_logps[indices], self.ref_rejected_logps[indices],
+            self.config.beta, self.config.loss_type, self.config.label_smoothing,
+        )  # fmt: skip
+        return loss, {**stats, "kl/beta": self.config.beta, "tokens": tokens}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """reward/gold, reward/train, kl/ref, episode/length on held-out prompts through the env."""
+        if self.eval_env_kwargs is None or self.config.eval_prompts <= 0:
+            return {}
+        kwargs = {"split": "eval", **self.eval_env_kwargs, "tokenizer": self.tokenizer}
+        env = TokenMDPVectorEnv(
+            num_envs=min(self.config.eval_num_envs, self.config.eval_prompts),
+            autoreset_mode="disabled",
+            **kwargs,
+        )
+        pool = env.setup.task.prompts(kwargs["split"])
+        prompts = [pool[i % len(pool)] for i in range(self.config.eval_prompts)]
+        ref = self.reference_model()
+        result = evaluate(
+            self.policy, ref, env, prompts, SamplingConfig(self.config.eval_temperature),
+            seed=self.config.seed,
+        )  # fmt: skip
+        return result.summary()
+
+    def learn(self) -> list[dict[str, float]]:
+        """Train; returns one metrics dict per log point (also ``run_dir/metrics.jsonl``) and
+        saves the final policy to ``run_dir/final``."""
+        set_num_threads()
+        torch.manual_seed(self.config.seed)
+        state = training_state(self.run_dir) if self.config.resume else None
+        if state is not None:
+            self.ref_chosen_logps, self.ref_rejected_logps = (
+                state["ref_chosen"],
+                state["ref_rejected"],
+            )
+        else:
+            self.ref_chosen_logps, self.ref_rejected_logps = self.reference_logps()
+        logger = RunLogger(self.run_dir, self.config)
+        try:
+            history = fit(
+                self.policy, self.tokenizer, self.loss, len(self.chosen), self.config,
+                self.run_dir, logger, evaluate=self.evaluate, desc="dpo",
+                extra_state={"ref_chosen": self.ref_chosen_logps, "ref_rejected": self.ref_rejected_logps},
+            )  # fmt: skip
+        finally:
+            logger.close()
+        self.save(self.run_dir / FINAL_DIR)
+        return history
+
+    def save(self, path: str | Path) -> Path:
+        """``save_pretrained`` (safetensors) policy + tokenizer."""
+        path = Path(path)
+        self.policy.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return load_policy(path)

@@ -1,0 +1,247 @@
+"""DPO: losses against hand-computed values, the one-pass concatenated log-probs, the closed-form
+optimum on an enumerable toy problem, evaluation through the env, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import llm_env
+from agents.common.offline import METRICS_FILE
+from agents.common.policy import load_policy
+from agents.dpo import DPO, DPOConfig, dpo_loss
+from llm_env.tasks import JsonlError
+
+# two pairs: log-ratios chosen [0.5, 0.0], rejected [-0.5, -0.5] → h = [1.0, 0.5]
+POLICY_CHOSEN = torch.tensor([-1.0, -2.0])
+POLICY_REJECTED = torch.tensor([-3.0, -1.5])
+REF_CHOSEN = torch.tensor([-1.5, -2.0])
+REF_REJECTED = torch.tensor([-2.5, -1.0])
+BETA = 0.1
+
+
+def log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+@pytest.mark.parametrize(
+    "loss_type, eps, expected",
+    [
+        ("sigmoid", 0.0, -(log_sigmoid(0.1) + log_sigmoid(0.05)) / 2),
+        ("ipo", 0.0, ((1.0 - 5.0) ** 2 + (0.5 - 5.0) ** 2) / 2),
+        (
+            "conservative",
+            0.2,
+            -(0.8 * log_sigmoid(0.1) + 0.2 * log_sigmoid(-0.1)) / 2
+            - (0.8 * log_sigmoid(0.05) + 0.2 * log_sigmoid(-0.05)) / 2,
+        ),
+    ],
+)
+def test_losses_hand_computed(loss_type, eps, expected):
+    loss, stats = dpo_loss(
+        POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, BETA, loss_type, eps
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # the implicit reward β·log(π/π_ref) is what is logged
+    assert stats["dpo/chosen_reward"] == pytest.approx(BETA * (0.5 + 0.0) / 2)
+    assert stats["dpo/rejected_reward"] == pytest.approx(BETA * (-0.5 - 0.5) / 2)
+    assert stats["dpo/margin"] == pytest.approx(BETA * (1.0 + 0.5) / 2)
+    assert stats["dpo/chosen_logratio"] == pytest.approx(0.25)
+    assert stats["dpo/rejected_logratio"] == pytest.approx(-0.5)
+    assert stats["dpo/reward_accuracy"] == 1.0
+
+
+def test_conservative_with_zero_smoothing_is_dpo():
+    a, _ = dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, 0.3, "sigmoid")
+    b, _ = dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, 0.3, "conservative")
+    assert a.item() == pytest.approx(b.item())
+
+
+def sequence_logp(model, tokenizer, prompt: str, completion: str) -> float:
+    """log π(completion + <eos> | prompt), one unpadded sequence at a time."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"][len(p) :]
+    ids = torch.tensor([p + c + [tokenizer.eos_token_id]])
+    with torch.no_grad():
+        logprobs = model(input_ids=ids).logits.log_softmax(-1)[0, :-1]
+    targets = ids[0, 1:]
+    return float(logprobs[torch.arange(len(targets)), targets][len(p) - 1 :].sum())
+
+
+def test_concatenated_padded_pass_matches_one_sequence_at_a_time(
+    tiny_policy, arithmetic_tokenizer, tmp_path
+):
+    pairs = [("1+2=", "3", "12"), ("9+9=", "18", "7"), ("4+4=", "8", "88")]
+    dpo = DPO(tiny_policy, arithmetic_tokenizer, pairs, DPOConfig(), tmp_path)
+    dpo.ref_chosen_logps, dpo.ref_rejected_logps = dpo.reference_logps()
+    tiny_policy.eval()
+    expected_chosen = [sequence_logp(tiny_policy, arithmetic_tokenizer, p, c) for p, c, _ in pairs]
+    expected_rejected = [
+        sequence_logp(tiny_policy, arithmetic_tokenizer, p, r) for p, _, r in pairs
+    ]
+    np.testing.assert_allclose(dpo.ref_chosen_logps, expected_chosen, rtol=1e-5)
+    np.testing.assert_allclose(dpo.ref_rejected_logps, expected_rejected, rtol=1e-5)
+    loss, stats = dpo.loss(np.array([0, 2]))
+    # policy == reference: every log-ratio is 0, the loss is log 2
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-5)
+    assert stats["dpo/margin"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_dpo_reaches_the_closed_form_optimum_on_a_toy_problem(arithmetic_tokenizer, tmp_path):
+    """One prompt, five one-token completions with rewards r; labels P(a ≻ b) = σ(r_a − r_b)
+    (Bradley–Terry); the KL-regularised optimum is π*(y) ∝ π_ref(y)·exp(r(y)/β) over them.
+
+    2,000 labels per pair: the Bradley–Terry MLE of this finite sample is itself TV ≈ 0.017 from
+    π* (seed 0), so DPO converging to it passes with margin; 600 per pair would not (≈ 0.045).
+    """
+    tok = arithmetic_tokenizer
+    prompt, completions = "1+2=", ["0", "1", "2", "3", "4"]
+    beta = 0.5
+    r = beta * np.array([2.0, 1.0, 0.0, -1.0, -2.0])  # r/β = 2, 1, 0, −1, −2
+    for c in completions:  # each completion is one token (+ <eos>)
+        assert len(tok(prompt + c, add_special_tokens=False)["input_ids"]) == 6
+
+    model = llm_env.tiny_gpt2(tok, n_layer=1, n_head=2, n_embd=32, n_positions=32, seed=3)
+    model.eval()
+    ref_logp = np.array([sequence_logp(model, tok, prompt, c) for c in completions])
+    pi_ref = np.exp(ref_logp - ref_logp.max())
+    pi_ref /= pi_ref.sum()
+    target = pi_ref * np.exp(r / beta)
+    target /= target.sum()
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(2000):  # every unordered pair equally often, labels drawn from Bradley–Terry
+        for a in range(5):
+            for b in range(a + 1, 5):
+                win = rng.random() < 1 / (1 + math.exp(-(r[a] - r[b])))
+                w, lose = (a, b) if win else (b, a)
+                pairs.append((prompt, completions[w], completions[lose]))
+    config = DPOConfig(
+        beta=beta, learning_rate=2e-2, batch_size=2000, epochs=12.0, warmup_steps=5,
+        log_every=40, save_every=10_000, eval_prompts=0,
+    )  # fmt: skip
+    dpo = DPO(model, tok, pairs, config, tmp_path / "run")
+    history = dpo.learn()
+    model.eval()
+    logp = np.array([sequence_logp(model, tok, prompt, c) for c in completions])
+    pi = np.exp(logp - logp.max())
+    pi /= pi.sum()
+    tv = 0.5 * np.abs(pi - target).sum()
+    print(
+        f"toy DPO: TV(π_θ, π*) = {tv:.4f}; TV(π_ref, π*) = {0.5 * np.abs(pi_ref - target).sum():.4f}"
+    )
+    assert tv <= 0.05, (pi.round(3), target.round(3))
+    assert 0.5 * np.abs(pi_ref - target).sum() > 0.3  # the optimum is far from where we started
+    assert history[-1]["dpo/reward_accuracy"] > 0.7
+
+
+def write_pairs(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evaluation_through_env_logs_gold_and_kl_and_saves_final(
+    tiny_policy, arithmetic_tokenizer, tmp_path
+):
+    rows = [{"prompt": f"{a}+1=", "chosen": str(a + 1), "rejected": "0"} for a in range(1, 9)]
+    pairs = write_pairs(tmp_path / "pairs.jsonl", rows)
+    config = DPOConfig(
+        batch_size=4, epochs=2.0, log_every=1, eval_every=2, eval_prompts=6, eval_num_envs=4
+    )
+    env_kwargs = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
+    dpo = DPO(tiny_policy, arithmetic_tokenizer, pairs, config, tmp_path / "run", env_kwargs)
+    history = dpo.learn()
+    lines = [json.loads(x) for x in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert [h["examples"] for h in lines] == [4, 8, 12, 16]
+    evals = [h for h in lines if "reward/gold" in h]
+    assert [h["step"] for h in evals] == [2, 4]
+    assert all(h["kl/ref"] > 0 and 0 <= h["reward/gold"] <= 1 for h in evals)
+    assert history[-1] == lines[-1]
+    model, _ = load_policy(tmp_path / "run" / "final")
+    for p, q in zip(model.parameters(), dpo.policy.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resume_reproduces_an_uninterrupted_run(arithmetic_tokenizer, monkeypatch, tmp_path):
+    rows = [(f"{a}+{b}=", str(a + b), str(a + b + 1)) for a in range(1, 5) for b in range(1, 5)]
+    config = DPOConfig(batch_size=4, epochs=2.0, log_every=2, save_every=3, eval_prompts=0)
+
+    def make(run, resume=False):
+        model = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32)
+        cfg = DPOConfig(**{**config.__dict__, "resume": resume})
+        return DPO(model, arithmetic_tokenizer, rows, cfg, tmp_path / run)
+
+    full = make("full")
+    full_history = full.learn()
+    original, calls = DPO.loss, {"n": 0}
+
+    def crash(self, indices):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, indices)
+
+    monkeypatch.setattr(DPO, "loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        make("cut").learn()
+    monkeypatch.setattr(DPO, "loss", original)
+    resumed = make("cut", resume=True)
+    history = resumed.learn()
+    assert [(h["step"], h["loss/total"]) for h in history] == [
+        (h["step"], h["loss/total"]) for h in full_history
+    ]
+    for p, q in zip(full.policy.parameters(), resumed.policy.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_input(tiny_policy, arithmetic_tokenizer, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n{"prompt": "1+1=", "rejected": "3"}\n'
+    )
+    with pytest.raises(JsonlError, match=r"pairs\.jsonl:2: missing key 'chosen'"):
+        DPO(tiny_policy, arithmetic_tokenizer, path, DPOConfig(), tmp_path / "run")
+    path.write_text("\n\n")
+    with pytest.raises(JsonlError, match="no rows"):
+        DPO(tiny_policy, arithmetic_tokenizer, path, DPOConfig(), tmp_path / "run")
+    with pytest.warns(UserWarning, match="skipped 1 row"):
+        dpo = DPO(
+            tiny_policy, arithmetic_tokenizer, [("a", "1", "1"), ("b", "1", "2")], DPOConfig(),
+            tmp_path / "run",
+        )  # fmt: skip
+    assert dpo.skipped_identical == 1 and len(dpo.chosen) == 1
+    with pytest.raises(ValueError, match="unknown loss_type 'hinge'"):
+        DPO(tiny_policy, arithmetic_tokenizer, [("a", "1", "2")], DPOConfig(loss_type="hinge"))
+
+    other = llm_env.train_tokenizer(["the cat sat on the mat"] * 5, vocab_size=40)
+    ref = llm_env.tiny_gpt2(other, n_layer=1, n_head=2, n_embd=32)
+    ref.save_pretrained(tmp_path / "ref")
+    other.save_pretrained(tmp_path / "ref")
+    with pytest.raises(ValueError, match="tokenizer mismatch between the policy and the reference"):
+        DPO(
+            tiny_policy, arithmetic_tokenizer, [("a", "1", "2")], DPOConfig(), tmp_path / "run",
+            ref_policy=tmp_path / "ref",
+        )  # fmt: skip
+
+
+def test_nan_loss_stops_with_clear_message(tiny_policy, arithmetic_tokenizer, tmp_path):
+    rows = [(f"{a}+1=", str(a + 1), "0") for a in range(1, 9)]
+    config = DPOConfig(batch_size=2, epochs=1.0, save_every=2, eval_prompts=0, log_every=1)
+    dpo = DPO(tiny_policy, arithmetic_tokenizer, rows, config, tmp_path / "run")
+    dpo.ref_chosen_logps = None
+    original = dpo.reference_logps
+
+    def poisoned():
+        chosen, rejected = original()
+        chosen[5] = float("nan")  # pair 5 is in some later batch
+        return chosen, rejected
+
+    dpo.reference_logps = poisoned
+    with pytest.raises(Exception, match="non-finite loss .* at step"):
+        dpo.learn()
