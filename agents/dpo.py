@@ -30,7 +30,7 @@ from agents.common.offline import (
     sequence_logprobs,
     training_state,
 )
-from agents.common.policy import SamplingConfig, check_same_tokenizer, load_policy, set_num_threads
+from agents.common.policy import SamplingConfig, check_same_tokenizer, load_policy
 from agents.common.precision import resolve_precision
 from llm_env.vector import TokenMDPVectorEnv
 
@@ -191,16 +191,19 @@ class DPO:
 
     @torch.no_grad()
     def reference_logps(self, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        """log π_ref of every chosen and rejected completion, computed once, (pairs,) each."""
+        """log π_ref of every chosen and rejected completion, computed once, (pairs,) each.
+
+        Pairs are visited in length order, so these no-grad batches carry little padding.
+        """
         ref = self.reference_model()
-        chosen, rejected = [], []
-        for start in tqdm(range(0, len(self.chosen), batch_size), desc="reference log-probs"):
-            c, r, _ = self.pair_logps(
-                ref, np.arange(start, min(start + batch_size, len(self.chosen)))
-            )
-            chosen.append(c)
-            rejected.append(r)
-        return torch.cat(chosen), torch.cat(rejected)
+        lengths = [max(len(c[0]), len(r[0])) for c, r in zip(self.chosen, self.rejected)]
+        order = np.argsort(lengths, kind="stable")
+        chosen = torch.zeros(len(order))
+        rejected = torch.zeros(len(order))
+        for start in tqdm(range(0, len(order), batch_size), desc="reference log-probs"):
+            idx = order[start : start + batch_size]
+            chosen[idx], rejected[idx], _ = self.pair_logps(ref, idx)
+        return chosen, rejected
 
     def reference_model(self) -> torch.nn.Module:
         """The reference, loaded from disk in eval mode (it is not kept between uses)."""
@@ -236,7 +239,6 @@ class DPO:
     def learn(self) -> list[dict[str, float]]:
         """Train; returns one metrics dict per log point (also ``run_dir/metrics.jsonl``) and
         saves the final policy to ``run_dir/final``."""
-        set_num_threads()
         torch.manual_seed(self.config.seed)
         state = training_state(self.run_dir) if self.config.resume else None
         if state is not None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.common.logging import to_jsonable
-from agents.common.policy import SamplingConfig, load_policy, set_num_threads
+from agents.common.policy import SamplingConfig, load_policy
 from agents.common.precision import resolve_precision
 from agents.common.rollout import rollout
 from llm_env.vector import TokenMDPVectorEnv
@@ -103,7 +103,6 @@ def sample_preferences(
     """
     if config.k < 2:
         raise ValueError(f"k must be >= 2 to form pairs, got {config.k}")
-    set_num_threads()
     model, tokenizer = load_policy(policy, tokenizer)
     kwargs = {**env_kwargs, "tokenizer": tokenizer, "split": config.split}
     if gold_reward_model is not None:

@@ -23,7 +23,7 @@ from agents.common.offline import (
     pad_batch,
     sequence_logprobs,
 )
-from agents.common.policy import load_policy, set_num_threads
+from agents.common.policy import load_policy
 from agents.common.precision import resolve_precision
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task
@@ -111,7 +111,6 @@ class SFT:
 
     def learn(self) -> list[dict[str, float]]:
         """Train; returns one metrics dict per log point (also in ``run_dir/metrics.jsonl``)."""
-        set_num_threads()
         torch.manual_seed(self.config.seed)
         logger = RunLogger(self.run_dir, self.config)
         evaluate = (lambda step: {"sft/heldout_ce": self.heldout_ce()}) if self.heldout else None

@@ -24,7 +24,6 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 from agents.common.logging import RunLogger
 from agents.common.offline import OfflineConfig, fit, load_preference_pairs
-from agents.common.policy import set_num_threads
 from agents.common.precision import autocast, resolve_precision
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
 
@@ -251,7 +250,6 @@ class RewardModelTrainer:
     def learn(self) -> dict[str, float]:
         """Train; returns ``heldout_accuracy``, ``gold_agreement`` (NaN without gold scores), the
         normalisation and ``skipped_identical``."""
-        set_num_threads()
         logger = RunLogger(self.run_dir, self.config)
         try:
             history = fit(

@@ -12,6 +12,7 @@ import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
 from agents.common.logging import run_dir_for
+from agents.common.policy import set_num_threads
 from agents.dpo import DPO, FINAL_DIR, DPOConfig
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    set_num_threads()
     config = dataclass_from_args(DPOConfig, args)
     env_kwargs = (
         None

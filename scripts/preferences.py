@@ -10,6 +10,7 @@ import argparse
 import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.policy import set_num_threads
 from agents.preferences import PreferenceConfig, sample_preferences
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    set_num_threads()
     config = dataclass_from_args(PreferenceConfig, args)
     env_kwargs = {"task": args.task, "task_kwargs": json.loads(args.task_kwargs)}
     out = sample_preferences(

@@ -11,6 +11,7 @@ import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
 from agents.common.logging import run_dir_for
+from agents.common.policy import set_num_threads
 from reward_models.learned import RewardModelConfig, RewardModelTrainer
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    set_num_threads()
     config = dataclass_from_args(RewardModelConfig, args)
     run_dir = args.run_dir or run_dir_for("runs", "pairs", "rm", args.name)
     trainer = RewardModelTrainer(args.policy, args.pairs, config, run_dir)

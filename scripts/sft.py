@@ -12,6 +12,7 @@ import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
 from agents.common.logging import run_dir_for
+from agents.common.policy import set_num_threads
 from agents.sft import SFT, SFTConfig, pretrain_on_task
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_num_threads()
     config = dataclass_from_args(SFTConfig, args)
     if (args.task is None) == (args.policy is None):
         parser.error("give exactly one of --policy (fine-tune) or --task (pre-train from scratch)")

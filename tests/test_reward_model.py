@@ -67,10 +67,10 @@ def test_bradley_terry_loss_hand_computed():
 
 
 def test_reward_model_recovers_gold_ranking_near_bayes_optimal(policy_dir, tmp_path):
-    rows, bayes = synthetic_pairs(2000, seed=0)
+    rows, bayes = synthetic_pairs(1600, seed=0)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
     config = RewardModelConfig(
-        learning_rate=3e-3, batch_size=32, epochs=4.0, heldout_fraction=0.25, log_every=20,
+        learning_rate=5e-3, batch_size=32, epochs=3.0, heldout_fraction=0.25, log_every=20,
         save_every=10_000, warmup_steps=5,
     )  # fmt: skip
     trainer = RewardModelTrainer(policy_dir, pairs, config, tmp_path / "run")

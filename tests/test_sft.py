@@ -26,7 +26,7 @@ from llm_env.tasks import JsonlError
 
 def fast_config(**overrides) -> SFTConfig:
     base = dict(
-        learning_rate=3e-3, batch_size=16, epochs=30.0, warmup_steps=2, log_every=5,
+        learning_rate=5e-3, batch_size=16, epochs=15.0, warmup_steps=2, log_every=5,
         save_every=1000, heldout_fraction=0.2, max_length=16, weight_decay=0.0,
     )  # fmt: skip
     return SFTConfig(**{**base, **overrides})
@@ -78,7 +78,7 @@ def test_sft_lowers_heldout_ce_and_saved_model_round_trips(
     assert history[-1]["sft/heldout_ce"] == pytest.approx(after, rel=1e-5)
     lines = (tmp_path / "run" / METRICS_FILE).read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [h["step"] for h in history]
-    assert history[-1]["examples"] == 30 * len(sft.train_rows)
+    assert history[-1]["examples"] == 15 * len(sft.train_rows)
 
     sft.save(tmp_path / "model")
     model, tokenizer = load_policy(tmp_path / "model")

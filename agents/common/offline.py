@@ -166,22 +166,37 @@ def pad_batch(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
+# Architectures whose logits are exactly ``get_output_embeddings()(last_hidden_state)`` (no
+# soft-capping or scaling): for them the LM head runs on the scored positions only.
+HEAD_ON_SCORED_ONLY = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3"})
+
+
 def sequence_logprobs(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "fp32"
 ) -> torch.Tensor:
-    """fp32 log π(token t+1 | tokens ≤ t) for every position, shape (B, L - 1), 0 where masked."""
+    """fp32 log π(token t+1 | tokens ≤ t) for every position, shape (B, L - 1), 0 where masked.
+
+    The LM head and the log-softmax run only on the scored positions (not on prompt or pad
+    tokens) for the architectures in ``HEAD_ON_SCORED_ONLY``; other models go through their
+    full forward.
+    """
+    mask = batch["loss_mask"].bool()
+    targets = batch["input_ids"][:, 1:][mask]
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "position_ids": position_ids_from_mask(batch["attention_mask"]),
+        "use_cache": False,
+    }
     with autocast(precision):
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=position_ids_from_mask(batch["attention_mask"]),
-            use_cache=False,
-        ).logits[:, :-1]
-    targets = batch["input_ids"][:, 1:]
-    logprobs = -F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), reduction="none"
-    ).view_as(targets)
-    return logprobs * batch["loss_mask"]
+        if getattr(model.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
+            hidden = model.base_model(**inputs).last_hidden_state[:, :-1]
+            logits = model.get_output_embeddings()(hidden[mask])  # (scored tokens, vocab)
+        else:
+            logits = model(**inputs).logits[:, :-1][mask]
+    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    logprobs[mask] = -F.cross_entropy(logits.float(), targets, reduction="none")
+    return logprobs
 
 
 def batch_schedule(
