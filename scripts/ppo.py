@@ -1,0 +1,89 @@
+"""``tokenmdp ppo``: PPO with a critic against a reward model, through TokenMDP-v0.
+
+  tokenmdp ppo --policy runs/sft-policy --task sentiment --reward-model runs/rm --name rm
+  tokenmdp ppo --policy runs/sft-policy --task arithmetic --task-kwargs '{"max_operand": 9}'
+
+Events, config.json, metrics.jsonl, checkpoints and the final policy go to
+runs/<task>/ppo-<name>/ (``--resume`` continues a killed run from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.logging import run_dir_for
+from agents.common.policy import set_num_threads
+from agents.ppo import PPO, PPOConfig
+
+
+def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentParser:
+    """Inputs/outputs options plus one option per field of ``config_cls``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawTextHelpFormatter
+    )
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "--policy", help="save_pretrained directory of the initial policy (default: a fresh, "
+        "untrained tiny GPT-2 for the task's tokenizer — for smoke tests only)",
+    )  # fmt: skip
+    io.add_argument("--tokenizer", help="tokenizer directory (default: the policy's)")
+    io.add_argument(
+        "--task", default="sentiment", help="built-in task or 'jsonl' (default: sentiment)"
+    )
+    io.add_argument("--task-kwargs", default="{}", help="task options as JSON (default: {})")
+    io.add_argument(
+        "--reward-model", help="load_reward_model spec: a registered name, a Bradley-Terry "
+        "directory or 'package.module:callable' (default: the task's gold reward)",
+    )  # fmt: skip
+    io.add_argument(
+        "--max-new-tokens", type=int, help="completion length limit (default: the task's)"
+    )
+    io.add_argument("--runs-root", default="runs", help="root of run directories (default: runs)")
+    io.add_argument("--name", default="default", help="run name: runs/<task>/<agent>-<name>")
+    io.add_argument("--run-dir", help="explicit run directory (overrides --runs-root/--name)")
+    io.add_argument(
+        "--out", help="also save the trained agent here (default: <run-dir>/final only)"
+    )
+    io.add_argument("--threads", type=int, help="torch threads (default: every core)")
+    add_dataclass_args(parser, config_cls, title=f"training ({config_cls.__name__})")
+    return parser
+
+
+def run(agent_cls: type, config_cls: type, argv: list[str] | None, doc: str) -> None:
+    """Parse ``argv``, build the agent, train it, save it."""
+    parser = build_parser(config_cls, f"tokenmdp {agent_cls.agent_name}", doc)
+    args = parser.parse_args(argv)
+    config = dataclass_from_args(config_cls, args)
+    set_num_threads(args.threads)
+    env_kwargs = {"task": args.task, "task_kwargs": json.loads(args.task_kwargs)}
+    if args.reward_model is not None:
+        env_kwargs["reward_model"] = args.reward_model
+    if args.max_new_tokens is not None:
+        env_kwargs["max_new_tokens"] = args.max_new_tokens
+    policy, tokenizer = args.policy, args.tokenizer
+    if policy is None:
+        import llm_env
+        from llm_env.tasks import make_task
+
+        tokenizer = make_task(args.task, **env_kwargs["task_kwargs"]).tokenizer()
+        policy = llm_env.tiny_gpt2(tokenizer, seed=config.seed)
+    run_dir = args.run_dir or run_dir_for(
+        args.runs_root, args.task, agent_cls.agent_name, args.name
+    )
+    agent = agent_cls(policy, tokenizer, env_kwargs, config, run_dir)
+    history = agent.learn()
+    if args.out:
+        agent.save(args.out)
+    last = history[-1] if history else {}
+    summary = {k: round(v, 4) for k, v in last.items() if k.startswith(("reward/", "kl/"))}
+    print(f"done: {json.dumps(summary)}; final policy in {run_dir}/final")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(PPO, PPOConfig, argv, __doc__)
+
+
+if __name__ == "__main__":
+    main()
