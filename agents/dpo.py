@@ -155,8 +155,14 @@ class DPO:
         self.run_dir = Path(run_dir)
         self.precision = resolve_precision(self.config.precision)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
-        if ref_policy is not None and not isinstance(ref_policy, PreTrainedModel):
-            _, ref_tokenizer = load_policy(ref_policy)
+        triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
+        prompts, chosen, rejected = (list(x) for x in zip(*triples))
+        n = self.config.max_length
+        self.chosen = encode_examples(self.tokenizer, prompts, chosen, n)
+        self.rejected = encode_examples(self.tokenizer, prompts, rejected, n)
+        if ref_policy is not None:  # a model object must at least cover the policy's vocabulary
+            own = self.tokenizer if isinstance(ref_policy, PreTrainedModel) else None
+            _, ref_tokenizer = load_policy(ref_policy, own)
             check_same_tokenizer(self.tokenizer, ref_tokenizer, "the policy and the reference")
         if isinstance(ref_policy, (str, Path)):
             self.ref_dir = Path(ref_policy)
@@ -168,11 +174,6 @@ class DPO:
                 ref = ref_policy if ref_policy is not None else self.policy
                 ref.save_pretrained(self.ref_dir, safe_serialization=True)
                 self.tokenizer.save_pretrained(self.ref_dir)
-        triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
-        prompts, chosen, rejected = (list(x) for x in zip(*triples))
-        n = self.config.max_length
-        self.chosen = encode_examples(self.tokenizer, prompts, chosen, n)
-        self.rejected = encode_examples(self.tokenizer, prompts, rejected, n)
         self.eval_env_kwargs = eval_env_kwargs
         self.ref_chosen_logps = self.ref_rejected_logps = None
 
