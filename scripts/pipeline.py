@@ -67,15 +67,19 @@ class Budget:
     rl_prompts: int
     rl_batch: int
     dpo_epochs: int
+    dpo_eval_every: int
+    dpo_eval_prompts: int
     eval_prompts: int
     model: dict = field(default_factory=dict)
 
 
 DEFAULT = Budget(sft_steps=600, sft_batch=64, pref_prompts=512, pref_k=2, rm_epochs=2,
-                 rl_prompts=2048, rl_batch=64, dpo_epochs=2, eval_prompts=256,
+                 rl_prompts=2048, rl_batch=64, dpo_epochs=2, dpo_eval_every=8,
+                 dpo_eval_prompts=64, eval_prompts=256,
                  model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
 QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,
-               rl_prompts=64, rl_batch=16, dpo_epochs=1, eval_prompts=32,
+               rl_prompts=64, rl_batch=16, dpo_epochs=1, dpo_eval_every=1,
+               dpo_eval_prompts=16, eval_prompts=32,
                model={"n_layer": 1, "n_head": 2, "n_embd": 64})  # fmt: skip
 
 
@@ -216,7 +220,10 @@ class Pipeline:
             if agent == "dpo":
                 from agents.dpo import DPO, DPOConfig
 
-                config = dataclasses.replace(DPOConfig(), epochs=self.budget.dpo_epochs, **common)
+                config = dataclasses.replace(
+                    DPOConfig(), epochs=self.budget.dpo_epochs, eval_every=self.budget.dpo_eval_every,
+                    eval_prompts=self.budget.dpo_eval_prompts, **common,
+                )  # fmt: skip
                 trainer = DPO(str(self.sft_dir), None, str(self.pairs), config, run_dir,
                               eval_env_kwargs={"task": self.config.task})  # fmt: skip
             else:

@@ -145,6 +145,22 @@ SUMMARY_COLUMNS = [
 ]
 
 
+POLICY_AGENTS = ("ppo", "reinforce", "dpo")
+
+
+METHOD_COLORS = {"ppo_gold": "tab:purple", "ppo": "tab:blue", "reinforce": "tab:green",
+                 "dpo": "tab:red", "sft": "black"}  # fmt: skip
+
+
+def color_of(name: str) -> str:
+    """One colour per method in every plot, chosen by the run name's method prefix."""
+    for method, color in METHOD_COLORS.items():
+        if name.startswith(method):
+            return color
+    palette = ["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+    return palette[sum(map(ord, name)) % len(palette)]
+
+
 def plot_frontier(runs: list[AgentRun], evals: list[dict], path: Path) -> None:
     """Gold reward against KL to the reference: training trajectories and final evaluations."""
     import matplotlib
@@ -153,20 +169,21 @@ def plot_frontier(runs: list[AgentRun], evals: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, run in enumerate(
-        r for r in runs if "kl/ref" in r.scalars and "reward/gold" in r.scalars
-    ):
+    for run in runs:
+        if "kl/ref" not in run.scalars or "reward/gold" not in run.scalars:
+            continue
         kl = dict(run.scalars["kl/ref"])
         gold = [(s, v) for s, v in run.scalars["reward/gold"] if s in kl]
-        ax.plot([kl[s] for s, _ in gold], [v for _, v in gold], "-", alpha=0.35,
-                color=colors[k % len(colors)], label=f"{run.label} (training)")  # fmt: skip
-    for k, ev in enumerate(evals):
+        xs, ys = [kl[s] for s, _ in gold], [v for _, v in gold]
+        color = color_of(run.name)
+        ax.plot(xs, ys, ".-", alpha=0.35, color=color, label=f"{run.label} (training)")
+    for ev in evals:
         low, high = ev["gold_ci"]
-        ax.errorbar(ev["kl_ref"], ev["gold_reward"], yerr=[[ev["gold_reward"] - low],
-                    [high - ev["gold_reward"]]], fmt="o", ms=8, capsize=4,
-                    color=colors[k % len(colors)] if ev["name"] != "sft" else "black",
-                    label=f"{ev['name']} (final eval)")  # fmt: skip
+        y = ev["gold_reward"]
+        ax.errorbar(
+            ev["kl_ref"], y, yerr=[[y - low], [high - y]], fmt="o", ms=8, capsize=4,
+            color=color_of(ev["name"]), label=f"{ev['name']} (final eval)",
+        )  # fmt: skip
     ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
     ax.set_ylabel("gold reward (held-out prompts)")
     ax.set_title("Reward–KL frontier")
@@ -184,12 +201,11 @@ def plot_overoptimisation(runs: list[AgentRun], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [r for r in runs if r.agent in ("ppo", "reinforce") and "reward/gold" in r.scalars
-              and r.config.get("reward_model") not in (None, "sentiment", "arithmetic")]  # fmt: skip
-    chosen = chosen or [r for r in runs if r.agent == "ppo"]
+    chosen = [r for r in runs if r.agent in ("ppo", "reinforce") and "gold" not in r.name
+              and "reward/gold" in r.scalars]  # fmt: skip
     if not chosen:
         return False
-    fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(max(7, 5 * len(chosen)), 4), squeeze=False)
     for ax, run in zip(axes[0], chosen):
         for tag, style in (("reward/train", "-"), ("reward/gold", "--")):
             values = run.scalars.get(tag, [])
@@ -198,7 +214,7 @@ def plot_overoptimisation(runs: list[AgentRun], path: Path) -> bool:
         ax.set_xlabel("prompts consumed")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Learned reward vs gold reward during training (over-optimisation)")
+    fig.suptitle("Optimised (learned) vs gold reward during training")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -213,11 +229,13 @@ def plot_training_curves(runs: list[AgentRun], path: Path) -> None:
 
     tags = ["reward/gold", "reward/train", "kl/ref", "loss/total", "episode/length", "kl/beta"]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    policy_runs = [r for r in runs if r.agent in POLICY_AGENTS]
     for ax, tag in zip(axes.flat, tags):
-        for run in runs:
+        for run in policy_runs:
             values = run.scalars.get(tag)
             if values:
-                ax.plot([s for s, _ in values], [v for _, v in values], label=run.label)
+                ax.plot([s for s, _ in values], [v for _, v in values], ".-", ms=3,
+                        color=color_of(run.name), label=run.label)  # fmt: skip
         ax.set_title(tag)
         ax.set_xlabel("prompts (pairs for DPO) consumed")
         ax.grid(alpha=0.3)
