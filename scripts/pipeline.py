@@ -270,7 +270,7 @@ class Pipeline:
             summary = {
                 "name": name,
                 "gold_reward": float(np.mean(result.gold_rewards)),
-                "gold_ci": bootstrap_ci(result.gold_rewards, seed=self.config.seed),
+                "gold_ci": list(bootstrap_ci(result.gold_rewards, seed=self.config.seed)),
                 "gold_std": float(np.std(result.gold_rewards)),
                 "learned_reward": float(np.mean(result.extra["learned"])),
                 "kl_ref": float(np.mean(result.kls)),
