@@ -203,20 +203,30 @@ class RewardModelTrainer:
 
     def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         """Raw (unnormalised) fp32 scores, shape (N,), with gradients."""
-        batch = encode_texts(self.tokenizer, prompts, completions, self.config.max_length)
+        return self.batch_scores(
+            encode_texts(self.tokenizer, prompts, completions, self.config.max_length)
+        )
+
+    def batch_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(self.precision):
             return sequence_scores(self.model, batch).float()
 
-    def pair_rewards(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) rewards of the pairs at ``indices``, from one forward pass."""
+    def pair_rewards(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(chosen, rejected) rewards, (pairs,) each, from ONE forward pass; and its token count."""
         prompts = [self.pairs[i][0] for i in indices]
         chosen = [self.pairs[i][1] for i in indices]
         rejected = [self.pairs[i][2] for i in indices]
-        rewards = self.scores(prompts + prompts, chosen + rejected)
-        return rewards[: len(indices)], rewards[len(indices) :]
+        batch = encode_texts(
+            self.tokenizer, prompts + prompts, chosen + rejected, self.config.max_length
+        )
+        rewards = self.batch_scores(batch)
+        n = len(indices)
+        return rewards[:n], rewards[n:], int(batch["attention_mask"].sum())
 
     def loss(self, positions: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        return bradley_terry_loss(*self.pair_rewards(self.train_idx[positions]))
+        chosen, rejected, tokens = self.pair_rewards(self.train_idx[positions])
+        loss, stats = bradley_terry_loss(chosen, rejected)
+        return loss, {**stats, "tokens": tokens}
 
     @torch.no_grad()
     def evaluate(self, step: int = 0) -> dict[str, float]:
@@ -225,7 +235,7 @@ class RewardModelTrainer:
         self.model.eval()
         idx = self.heldout_idx if len(self.heldout_idx) else self.train_idx
         margins = torch.cat(
-            [torch.sub(*self.pair_rewards(idx[s : s + 128])) for s in range(0, len(idx), 128)]
+            [torch.sub(*self.pair_rewards(idx[s : s + 128])[:2]) for s in range(0, len(idx), 128)]
         ).numpy()
         out = {"rm/heldout_accuracy": float(np.mean(margins > 0))}
         if self.gold is not None:
