@@ -27,7 +27,13 @@ from agents.common.advantages import (
 from agents.common.critic import ValueModel, completion_values
 from agents.common.kl import sequence_kl_stats
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
-from agents.common.online import OnlineAgent, draw_prompts, masked_token_logprobs, score_rollout
+from agents.common.online import (
+    OnlineAgent,
+    draw_prompts,
+    gold_metric,
+    masked_token_logprobs,
+    score_rollout,
+)
 from agents.common.policy import completion_logits, process_logits
 from agents.common.precision import autocast
 
@@ -164,7 +170,7 @@ class PPO(OnlineAgent):
         self.kl_ctl.update(kl_stats["kl/ref"], cfg.batch_size)
         return {
             "reward/train": roll.rewards.mean().item(),
-            "reward/gold": roll.gold_rewards.nanmean().item(),
+            **gold_metric(roll),
             "reward/total": rewards.sum(-1).mean().item(),
             **kl_stats,
             "kl/beta": beta,

@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from agents.common.advantages import masked_mean
 from agents.common.kl import masked_sum, sequence_kl_stats
 from agents.common.losses import reinforce_loss
-from agents.common.online import OnlineAgent, draw_prompts, masked_token_logprobs, score_rollout
+from agents.common.online import (
+    OnlineAgent,
+    draw_prompts,
+    gold_metric,
+    masked_token_logprobs,
+    score_rollout,
+)
 from agents.common.policy import completion_logits, process_logits
 from agents.common.precision import autocast
 
@@ -163,7 +169,7 @@ class Reinforce(OnlineAgent):
         self.kl_ctl.update(kl_stats["kl/ref"], cfg.batch_size)
         return {
             "reward/train": roll.rewards.mean().item(),
-            "reward/gold": roll.gold_rewards.nanmean().item(),
+            **gold_metric(roll),
             "reward/total": returns.mean().item(),
             **kl_stats,
             "kl/beta": beta,

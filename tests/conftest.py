@@ -25,3 +25,15 @@ def arithmetic_tokenizer(arithmetic_task):
 @pytest.fixture
 def tiny_policy(arithmetic_tokenizer):
     return llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32)
+
+
+@pytest.fixture(scope="session")
+def pretrained_arithmetic(arithmetic_task, tmp_path_factory):
+    """A tiny GPT-2 pre-trained briefly (150 CE steps) on single-digit sums, saved with its
+    tokenizer: right on roughly a quarter of the answers, so RL has room to improve it."""
+    from tests.arithmetic_policy import pretrain
+
+    path = tmp_path_factory.mktemp("pretrained-arithmetic")
+    pretrain(arithmetic_task, steps=150).save_pretrained(path)
+    arithmetic_task.tokenizer().save_pretrained(path)
+    return path

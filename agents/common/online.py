@@ -103,6 +103,12 @@ def score_rollout(
     )
 
 
+def gold_metric(roll: Rollout) -> dict[str, float]:
+    """``{"reward/gold": mean}`` over the sequences with a known gold score (empty if none)."""
+    known = torch.isfinite(roll.gold_rewards)
+    return {"reward/gold": roll.gold_rewards[known].mean().item()} if known.any() else {}
+
+
 def draw_prompts(pool: tuple[str, ...], n: int, seed: int, iteration: int) -> list[str]:
     """``n`` prompts drawn with replacement; a pure function of (seed, iteration), so resumable."""
     rng = np.random.default_rng([seed, iteration])
