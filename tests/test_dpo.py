@@ -124,7 +124,7 @@ def test_dpo_reaches_the_closed_form_optimum_on_a_toy_problem(arithmetic_tokeniz
                 w, lose = (a, b) if win else (b, a)
                 pairs.append((prompt, completions[w], completions[lose]))
     config = DPOConfig(
-        beta=beta, learning_rate=2e-2, batch_size=2000, epochs=12.0, warmup_steps=5,
+        beta=beta, learning_rate=3e-2, batch_size=2000, epochs=8.0, warmup_steps=5,
         log_every=40, save_every=10_000, eval_prompts=0,
     )  # fmt: skip
     dpo = DPO(model, tok, pairs, config, tmp_path / "run")
