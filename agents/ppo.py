@@ -29,6 +29,7 @@ from agents.common.kl import sequence_kl_stats
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
 from agents.common.online import (
     OnlineAgent,
+    OnlineConfig,
     draw_prompts,
     gold_metric,
     masked_token_logprobs,
@@ -39,37 +40,14 @@ from agents.common.precision import autocast
 
 
 @dataclass
-class PPOConfig:
-    """PPO hyper-parameters; the defaults train a tiny GPT-2 on the built-in tasks."""
+class PPOConfig(OnlineConfig):
+    """PPO hyper-parameters (beyond ``OnlineConfig``); the defaults train a tiny GPT-2 on the
+    built-in tasks."""
 
-    seed: int = 0
-    """Seeds prompt draws, sampling, minibatch order and initialisation."""
-    total_prompts: int = 8192
-    """Stop after this many prompts (x-axis of every logged scalar)."""
-    batch_size: int = 64
-    """Prompts (= sequences) per rollout batch / iteration."""
-    minibatch_size: int = 16
-    """Sequences per gradient step."""
     epochs: int = 4
     """Passes over each rollout batch."""
-    learning_rate: float = 3e-4
-    """Adam learning rate of the policy."""
     critic_learning_rate: float | None = None
     """Adam learning rate of the critic (None = learning_rate)."""
-    anneal_lr: bool = False
-    """Decay the learning rates linearly to 0 over total_prompts."""
-    beta: float = 0.05
-    """Initial KL coefficient β."""
-    kl_target: float | None = None
-    """Target sequence KL for the adaptive controller (None = fixed β)."""
-    kl_horizon: float = 10000.0
-    """Horizon (in prompts) of the adaptive KL controller."""
-    temperature: float = 1.0
-    """Sampling temperature (log-probs are those of the tempered distribution)."""
-    top_k: int = 0
-    """Top-k truncation while sampling (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus truncation while sampling (1.0 = off)."""
     gamma: float = 1.0
     """Discount per token."""
     lam: float = 0.95
@@ -84,24 +62,10 @@ class PPOConfig:
     """Weight of the entropy bonus."""
     whiten_advantages: bool = True
     """Normalise advantages to zero mean, unit std over each rollout batch."""
-    max_grad_norm: float = 1.0
-    """Clip each model's gradient norm to this."""
-    no_eos_penalty: float = 0.0
-    """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
     bootstrap_truncated: bool = False
     """Bootstrap V(final state) on truncation; off as the env pays the full reward at the limit."""
     critic_init: str = "policy"
     """Critic backbone: "policy" (a copy) or a save_pretrained directory (e.g. the reward model)."""
-    ref_policy: str | None = None
-    """Reference model directory (None = a frozen copy of the initial policy)."""
-    precision: str = "auto"
-    """"auto" | "bf16" | "fp32" for forward passes; log-probs, KL and losses are fp32."""
-    save_every: int = 10
-    """Checkpoint every this many iterations (0 = only at the end)."""
-    resume: bool = False
-    """Continue from run_dir/checkpoint if it exists."""
-    log_every: int = 1
-    """Print a summary line every this many iterations (TensorBoard gets every iteration)."""
 
 
 class PPO(OnlineAgent):

@@ -23,6 +23,7 @@ from agents.common.kl import masked_sum, sequence_kl_stats
 from agents.common.losses import reinforce_loss
 from agents.common.online import (
     OnlineAgent,
+    OnlineConfig,
     draw_prompts,
     gold_metric,
     masked_token_logprobs,
@@ -58,55 +59,21 @@ BASELINES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
 
 
 @dataclass
-class ReinforceConfig:
+class ReinforceConfig(OnlineConfig):
     """REINFORCE hyper-parameters; the defaults train a tiny GPT-2 on the built-in tasks."""
 
-    seed: int = 0
-    """Seeds prompt draws, sampling and initialisation."""
-    total_prompts: int = 8192
-    """Stop after this many prompts (x-axis of every logged scalar)."""
     batch_size: int = 16
     """Prompts per iteration (each sampled k times)."""
     k: int = 4
     """Completions sampled per prompt."""
     minibatch_size: int = 64
     """Sequences per forward/backward (gradients are accumulated over the batch)."""
-    learning_rate: float = 3e-4
-    """Adam learning rate."""
-    anneal_lr: bool = False
-    """Decay the learning rates linearly to 0 over total_prompts."""
-    beta: float = 0.05
-    """Initial KL coefficient β."""
-    kl_target: float | None = None
-    """Target sequence KL for the adaptive controller (None = fixed β)."""
-    kl_horizon: float = 10000.0
-    """Horizon (in prompts) of the adaptive KL controller."""
-    temperature: float = 1.0
-    """Sampling temperature (log-probs are those of the tempered distribution)."""
-    top_k: int = 0
-    """Top-k truncation while sampling (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus truncation while sampling (1.0 = off)."""
     baseline: str = "rloo"
     """"rloo" | "moving_average" | "none"."""
     baseline_decay: float = 0.9
     """Decay of the moving-average baseline."""
     whiten: bool = False
     """Divide the advantages R − b by their standard deviation over the batch."""
-    max_grad_norm: float = 1.0
-    """Clip the gradient norm to this."""
-    no_eos_penalty: float = 0.0
-    """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
-    ref_policy: str | None = None
-    """Reference model directory (None = a frozen copy of the initial policy)."""
-    precision: str = "auto"
-    """"auto" | "bf16" | "fp32" for forward passes; log-probs, KL and losses are fp32."""
-    save_every: int = 10
-    """Checkpoint every this many iterations (0 = only at the end)."""
-    resume: bool = False
-    """Continue from run_dir/checkpoint if it exists."""
-    log_every: int = 1
-    """Print a summary line every this many iterations (TensorBoard gets every iteration)."""
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:

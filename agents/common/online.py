@@ -50,6 +50,50 @@ CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.jsonl"
 
 
+@dataclass
+class OnlineConfig:
+    """Options every online agent (PPO, REINFORCE) shares."""
+
+    seed: int = 0
+    """Seeds prompt draws, sampling, minibatch order and initialisation."""
+    total_prompts: int = 8192
+    """Stop after this many prompts (x-axis of every logged scalar)."""
+    batch_size: int = 64
+    """Prompts per rollout batch / iteration."""
+    minibatch_size: int = 16
+    """Sequences per gradient step."""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the policy."""
+    anneal_lr: bool = False
+    """Decay the learning rates linearly to 0 over total_prompts."""
+    beta: float = 0.05
+    """Initial KL coefficient β."""
+    kl_target: float | None = None
+    """Target sequence KL for the adaptive controller (None = fixed β)."""
+    kl_horizon: float = 10000.0
+    """Horizon (in prompts) of the adaptive KL controller."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs are those of the tempered distribution)."""
+    top_k: int = 0
+    """Top-k truncation while sampling (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus truncation while sampling (1.0 = off)."""
+    max_grad_norm: float = 1.0
+    """Clip each model's gradient norm to this."""
+    no_eos_penalty: float = 0.0
+    """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
+    ref_policy: str | None = None
+    """Reference model directory (None = a frozen copy of the initial policy)."""
+    precision: str = "auto"
+    """"auto" | "bf16" | "fp32" for forward passes; log-probs, KL and losses are fp32."""
+    save_every: int = 10
+    """Checkpoint every this many iterations (0 = only at the end)."""
+    resume: bool = False
+    """Continue from run_dir/checkpoint if it exists."""
+    log_every: int = 1
+    """Print a summary line every this many iterations (TensorBoard gets every iteration)."""
+
+
 class TrainingStopped(RuntimeError):
     """A non-finite loss or reward: the run stops, the last good checkpoint stays on disk."""
 
