@@ -294,6 +294,9 @@ def test_scripts_end_to_end_sft_preferences_reward_model_dpo(tmp_path, capsys):
     )  # fmt: skip
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (tmp_path / "dpo-run" / "final" / "model.safetensors").is_file()
-    assert final["dpo/margin"] > 0 and final["loss/total"] < math.log(2)
+    history = [json.loads(x) for x in (tmp_path / "dpo-run" / METRICS_FILE).open()]
+    late = history[len(history) // 2 :]  # single batches are noisy: ties are labelled at random
+    assert sum(h["dpo/margin"] for h in late) / len(late) > 0
+    assert sum(h["loss/total"] for h in late) / len(late) < math.log(2)
     assert final["kl/ref"] > 0
     assert 0 <= final["reward/gold"] <= 1

@@ -58,7 +58,9 @@ def test_reinforce_resume_reproduces_uninterrupted_run(tmp_path, arithmetic_toke
         config = small_config(
             baseline="moving_average", save_every=2, resume=resume, total_prompts=8 * 4
         )
-        return Reinforce(policy, arithmetic_tokenizer, ARITH, config, run_dir=run_dir)
+        # character-count reward: a signal on every sample, so the baseline state is non-trivial
+        env_kwargs = {**ARITH, "reward_model": "tests.test_env_bad_input:score_by_length"}
+        return Reinforce(policy, arithmetic_tokenizer, env_kwargs, config, run_dir=run_dir)
 
     full = make(tmp_path / "full")
     reference = full.learn()
