@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.common.critic import ValueModel
+
 STATE_FILE = "state.pt"
 
 
@@ -76,6 +78,18 @@ def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"no complete checkpoint at {path} (missing {STATE_FILE})")
     return torch.load(path / STATE_FILE, weights_only=True)
+
+
+def load_weights_into(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights ``save_checkpoint`` wrote for ``model`` at ``path`` into it, in place
+    (so optimisers keep pointing at its parameters)."""
+    if isinstance(model, ValueModel):
+        saved = ValueModel.from_pretrained(path)
+    else:
+        saved = type(model).from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
+        )
+    model.load_state_dict(saved.state_dict())
 
 
 def has_checkpoint(path: str | Path) -> bool:

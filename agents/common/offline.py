@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from agents.common.checkpoint import (
     has_checkpoint,
     load_checkpoint_state,
+    load_weights_into,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -231,14 +232,6 @@ def make_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def copy_weights_from(model: torch.nn.Module, path: Path) -> None:
-    """Load the ``save_pretrained`` weights at ``path`` into ``model`` (same architecture)."""
-    saved = type(model).from_pretrained(
-        path, local_files_only=True, trust_remote_code=False, use_safetensors=True
-    )
-    model.load_state_dict(saved.state_dict())
-
-
 def fit(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -266,7 +259,7 @@ def fit(
     start, history, window, tokens = 0, [], [], 0
     if config.resume and has_checkpoint(ckpt):
         state = load_checkpoint_state(ckpt)
-        copy_weights_from(model, ckpt / "policy")
+        load_weights_into(model, ckpt / "policy")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])

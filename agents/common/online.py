@@ -20,16 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM
 
 from agents.common.checkpoint import (
     has_checkpoint,
     load_checkpoint_state,
+    load_weights_into,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from agents.common.critic import ValueModel
 from agents.common.kl import exact_kl, make_kl_controller
 from agents.common.logging import RunLogger
 from agents.common.losses import entropy_from_logits
@@ -168,17 +167,6 @@ def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module
         check_same_tokenizer(tokenizer, ref_tokenizer, "policy and reference")
     ref.eval().requires_grad_(False)
     return ref
-
-
-def reload_weights(model: torch.nn.Module, path: Path) -> None:
-    """Copy the weights saved at ``path`` into ``model`` in place (optimisers keep their params)."""
-    if isinstance(model, ValueModel):
-        saved = ValueModel.from_pretrained(path)
-    else:
-        saved = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
-        )
-    model.load_state_dict(saved.state_dict())
 
 
 def summary_line(record: dict[str, float]) -> str:
@@ -323,7 +311,7 @@ class OnlineAgent:
         path = Path(path or self.checkpoint_dir)
         state = load_checkpoint_state(path)
         for name, model in self._models().items():
-            reload_weights(model, path / name)
+            load_weights_into(model, path / name)
         for name, opt in self._optimizers().items():
             opt.load_state_dict(state["optimizers"][name])
         self.kl_ctl.load_state_dict(state["kl_controller"])
