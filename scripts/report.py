@@ -148,6 +148,16 @@ SUMMARY_COLUMNS = [
 POLICY_AGENTS = ("ppo", "reinforce", "dpo")
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 METHOD_COLORS = {"ppo_gold": "tab:purple", "ppo": "tab:blue", "reinforce": "tab:green",
                  "dpo": "tab:red", "sft": "black"}  # fmt: skip
 
@@ -163,11 +173,7 @@ def color_of(name: str) -> str:
 
 def plot_frontier(runs: list[AgentRun], evals: list[dict], path: Path) -> None:
     """Gold reward against KL to the reference: training trajectories and final evaluations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for run in runs:
         if "kl/ref" not in run.scalars or "reward/gold" not in run.scalars:
@@ -196,11 +202,7 @@ def plot_frontier(runs: list[AgentRun], evals: list[dict], path: Path) -> None:
 
 def plot_overoptimisation(runs: list[AgentRun], path: Path) -> bool:
     """Learned (train) vs gold reward over training of each run optimising a learned reward."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     chosen = [r for r in runs if r.agent in ("ppo", "reinforce") and "gold" not in r.name
               and "reward/gold" in r.scalars]  # fmt: skip
     if not chosen:
@@ -222,11 +224,7 @@ def plot_overoptimisation(runs: list[AgentRun], path: Path) -> bool:
 
 
 def plot_training_curves(runs: list[AgentRun], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     tags = ["reward/gold", "reward/train", "kl/ref", "loss/total", "episode/length", "kl/beta"]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     policy_runs = [r for r in runs if r.agent in POLICY_AGENTS]
