@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from agents.common.distributed import Distributed, TrainForward
 from agents.common.evaluate import evaluate
 from agents.common.logging import RunLogger
 from agents.common.offline import (
@@ -152,6 +153,7 @@ class DPO:
     ):
         self.config = config or DPOConfig()
         check_config(self.config)
+        self.dist = Distributed()
         self.run_dir = Path(run_dir)
         self.precision = resolve_precision(self.config.precision)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
@@ -170,12 +172,14 @@ class DPO:
             self.ref_dir = Path(policy)
         else:  # a model object: keep a copy on disk, the policy's weights are about to change
             self.ref_dir = self.run_dir / REFERENCE_DIR
-            if not (self.ref_dir / "config.json").is_file():
+            if self.dist.is_main and not (self.ref_dir / "config.json").is_file():
                 ref = ref_policy if ref_policy is not None else self.policy
                 ref.save_pretrained(self.ref_dir, safe_serialization=True)
                 self.tokenizer.save_pretrained(self.ref_dir)
+            self.dist.barrier()
         self.eval_env_kwargs = eval_env_kwargs
         self.ref_chosen_logps = self.ref_rejected_logps = None
+        self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
 
     def pair_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Chosen rows then rejected rows, right-padded together: (2·pairs, L)."""
@@ -183,35 +187,38 @@ class DPO:
         return pad_batch(rows, self.tokenizer.pad_token_id)
 
     def pair_logps(
-        self, model: torch.nn.Module, indices: np.ndarray
+        self, forward: torch.nn.Module, indices: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Sequence log-probs of chosen and rejected, (pairs,) each, from ONE forward pass."""
+        """Sequence log-probs of chosen and rejected, (pairs,) each, from ONE forward pass of
+        ``forward(batch, precision)`` (``sequence_logprobs`` of the policy or the reference)."""
         batch = self.pair_batch(indices)
-        logps = sequence_logprobs(model, batch, self.precision).sum(-1)
+        logps = forward(batch, self.precision).sum(-1)
         return logps[: len(indices)], logps[len(indices) :], int(batch["attention_mask"].sum())
 
     @torch.no_grad()
     def reference_logps(self, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
         """log π_ref of every chosen and rejected completion, computed once, (pairs,) each.
 
-        Pairs are visited in length order, so these no-grad batches carry little padding.
+        Pairs are visited in length order, so these no-grad batches carry little padding. With
+        several processes each computes every N-th batch and the results are summed.
         """
-        ref = self.reference_model()
+        ref = TrainForward(sequence_logprobs, {"reference": self.reference_model()})
         lengths = [max(len(c[0]), len(r[0])) for c, r in zip(self.chosen, self.rejected)]
         order = np.argsort(lengths, kind="stable")
         chosen = torch.zeros(len(order))
         rejected = torch.zeros(len(order))
-        for start in tqdm(range(0, len(order), batch_size), desc="reference log-probs"):
+        starts = self.dist.shard(range(0, len(order), batch_size))
+        for start in tqdm(starts, desc="reference log-probs", disable=not self.dist.is_main):
             idx = order[start : start + batch_size]
             chosen[idx], rejected[idx], _ = self.pair_logps(ref, idx)
-        return chosen, rejected
+        return self.dist.all_sum(chosen), self.dist.all_sum(rejected)
 
     def reference_model(self) -> torch.nn.Module:
         """The reference, loaded from disk in eval mode (it is not kept between uses)."""
         return load_policy(self.ref_dir, self.tokenizer)[0].eval()
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, tokens = self.pair_logps(self.policy, indices)
+        chosen, rejected, tokens = self.pair_logps(self.train_logprobs, indices)
         loss, stats = dpo_loss(
             chosen, rejected, self.ref_chosen_logps[indices], self.ref_rejected_logps[indices],
             self.config.beta, self.config.loss_type, self.config.label_smoothing,
@@ -249,11 +256,11 @@ class DPO:
             )
         else:
             self.ref_chosen_logps, self.ref_rejected_logps = self.reference_logps()
-        logger = RunLogger(self.run_dir, self.config)
+        logger = RunLogger(self.run_dir, self.config, enabled=self.dist.is_main)
         try:
             history = fit(
                 self.policy, self.tokenizer, self.loss, len(self.chosen), self.config,
-                self.run_dir, logger, evaluate=self.evaluate, desc="dpo",
+                self.run_dir, logger, evaluate=self.evaluate, desc="dpo", dist=self.dist,
                 extra_state={"ref_chosen": self.ref_chosen_logps, "ref_rejected": self.ref_rejected_logps},
             )  # fmt: skip
         finally:
@@ -262,10 +269,13 @@ class DPO:
         return history
 
     def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) policy + tokenizer."""
+        """``save_pretrained`` (safetensors) policy + tokenizer. Written by the main process;
+        every process returns once it exists."""
         path = Path(path)
-        self.policy.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        if self.dist.is_main:
+            self.policy.save_pretrained(path, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        self.dist.barrier()
         return path
 
     @staticmethod

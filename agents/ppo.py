@@ -30,7 +30,6 @@ from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_cl
 from agents.common.online import (
     OnlineAgent,
     OnlineConfig,
-    draw_prompts,
     gold_metric,
     masked_token_logprobs,
     score_rollout,
@@ -68,6 +67,22 @@ class PPOConfig(OnlineConfig):
     """Critic backbone: "policy" (a copy) or a save_pretrained directory (e.g. the reward model)."""
 
 
+def policy_logits_and_values(
+    policy: torch.nn.Module,
+    critic: ValueModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward pass: (B, T, vocab) completion logits and (B, T) values before each
+    completion token (run as one module, so DDP synchronises both models' gradients)."""
+    with autocast(precision):
+        logits = completion_logits(policy, input_ids, attention_mask, prompt_width)
+        values = completion_values(critic, input_ids, attention_mask, prompt_width)[:, :-1]
+    return logits, values
+
+
 class PPO(OnlineAgent):
     """PPO over ``TokenMDPVectorEnv``; see the module docstring."""
 
@@ -94,6 +109,10 @@ class PPO(OnlineAgent):
         else:
             self.critic = ValueModel.from_backbone(config.critic_init)
         self.critic.eval()
+        self.dist.check_divisible(minibatch_size=config.minibatch_size)
+        self.train_forward = self.dist.prepare(
+            policy_logits_and_values, policy=self.policy, critic=self.critic
+        )
         self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate)
         self.critic_opt = torch.optim.Adam(
             self.critic.parameters(), lr=config.critic_learning_rate or config.learning_rate
@@ -107,8 +126,7 @@ class PPO(OnlineAgent):
 
     def _iteration(self) -> dict[str, float]:
         cfg = self.config
-        prompts = draw_prompts(self._prompt_pool(), cfg.batch_size, cfg.seed, self.iteration)
-        roll = self._rollout(prompts)
+        roll = self._rollout(self._draw_prompts())
         mask = roll.completion_mask
         scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
         with torch.no_grad(), autocast(self.precision):
@@ -128,10 +146,9 @@ class PPO(OnlineAgent):
             last_values = all_values[torch.arange(len(mask)), roll.lengths.long()] * truncated
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam, last_values)
         if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, all_sum=self.dist.all_sum)
         train_stats = self._train(roll, scores.logprobs, values, advantages, returns)
         kl_stats = sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl)
-        self.kl_ctl.update(kl_stats["kl/ref"], cfg.batch_size)
         return {
             "reward/train": roll.rewards.mean().item(),
             **gold_metric(roll),
@@ -156,21 +173,11 @@ class PPO(OnlineAgent):
         parts = {"policy": (self.policy, self.policy_opt), "critic": (self.critic, self.critic_opt)}
         for _ in range(cfg.epochs):
             order = torch.randperm(len(mask), generator=self.generator)
-            for idx in order.split(cfg.minibatch_size):
+            for idx in order.split(cfg.minibatch_size // self.dist.world_size):
                 m = mask[idx]
-                with autocast(self.precision):
-                    logits = completion_logits(
-                        self.policy,
-                        roll.input_ids[idx],
-                        roll.attention_mask[idx],
-                        roll.prompt_width,
-                    )
-                    values = completion_values(
-                        self.critic,
-                        roll.input_ids[idx],
-                        roll.attention_mask[idx],
-                        roll.prompt_width,
-                    )[:, :-1]
+                logits, values = self.train_forward(
+                    roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width, self.precision
+                )
                 log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
                 logprobs = masked_token_logprobs(log_probs, tokens[idx], m)
                 pg_loss, pg_stats = ppo_clip_loss(
@@ -199,9 +206,11 @@ class PPO(OnlineAgent):
         return {k: v / n for k, v in totals.items()}
 
     def save(self, path: str | Path) -> None:
-        """Policy + tokenizer in ``path`` (``from_pretrained`` loadable), critic in ``path/critic``."""
+        """Policy + tokenizer in ``path`` (``from_pretrained`` loadable), critic in ``path/critic``
+        (main process only)."""
         super().save(path)
-        self.critic.save_pretrained(Path(path) / "critic")
+        if self.dist.is_main:
+            self.critic.save_pretrained(Path(path) / "critic")
 
     @classmethod
     def load(

@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.common.advantages import masked_mean
+from agents.common.advantages import masked_mean, masked_mean_var
 from agents.common.kl import masked_sum, sequence_kl_stats
 from agents.common.losses import reinforce_loss
 from agents.common.online import (
     OnlineAgent,
     OnlineConfig,
-    draw_prompts,
     gold_metric,
     masked_token_logprobs,
     score_rollout,
@@ -56,6 +55,18 @@ BASELINES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "moving_average": baseline_moving_average,
     "rloo": baseline_rloo,
 }
+
+
+def policy_logits(
+    policy: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    precision: str,
+) -> torch.Tensor:
+    """The training forward pass: (B, T, vocab) completion logits."""
+    with autocast(precision):
+        return completion_logits(policy, input_ids, attention_mask, prompt_width)
 
 
 @dataclass
@@ -99,6 +110,7 @@ class Reinforce(OnlineAgent):
         config = config or ReinforceConfig()
         super().__init__(policy, tokenizer, env_kwargs, config, run_dir, reward_model)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate)
+        self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
         self.running_mean = 0.0
 
     @property
@@ -116,7 +128,7 @@ class Reinforce(OnlineAgent):
 
     def _iteration(self) -> dict[str, float]:
         cfg = self.config
-        prompts = draw_prompts(self._prompt_pool(), cfg.batch_size, cfg.seed, self.iteration)
+        prompts = self._draw_prompts()
         roll = self._rollout([p for p in prompts for _ in range(cfg.k)])  # prompt-major
         mask = roll.completion_mask
         scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
@@ -125,15 +137,17 @@ class Reinforce(OnlineAgent):
         truncated = (~roll.terminated).float()
         returns = roll.rewards + cfg.no_eos_penalty * truncated - beta * seq_kl
         self._check_finite("return R = r_RM - beta*KL", returns)
-        grouped = returns.view(cfg.batch_size, cfg.k)
+        grouped = returns.view(len(prompts), cfg.k)
         advantages = (grouped - BASELINES[cfg.baseline](grouped, self.running_mean)).flatten()
+        ones = torch.ones_like(advantages)
+        advantage_std = masked_mean_var(advantages, ones, self.dist.all_sum)[1].sqrt().item()
         if cfg.whiten:
-            advantages = advantages / (advantages.std() + 1e-8)
+            advantages = advantages / (advantage_std + 1e-8)
         decay = cfg.baseline_decay
-        self.running_mean = decay * self.running_mean + (1 - decay) * returns.mean().item()
+        self.running_mean = decay * self.running_mean + (1 - decay) * self.dist.mean(returns)
         train_stats = self._train(roll, advantages)
+        train_stats["policy/advantage_std"] = advantage_std
         kl_stats = sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl)
-        self.kl_ctl.update(kl_stats["kl/ref"], cfg.batch_size)
         return {
             "reward/train": roll.rewards.mean().item(),
             **gold_metric(roll),
@@ -156,10 +170,9 @@ class Reinforce(OnlineAgent):
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         for idx in torch.arange(n).split(cfg.minibatch_size):
-            with autocast(self.precision):
-                logits = completion_logits(
-                    self.policy, roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width
-                )
+            logits = self.train_forward(
+                roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width, self.precision
+            )
             log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
             logprobs = masked_token_logprobs(log_probs, tokens[idx], mask[idx])
             loss, _ = reinforce_loss(logprobs, advantages[idx], mask[idx])
@@ -172,7 +185,6 @@ class Reinforce(OnlineAgent):
         return {
             "loss/policy": total_loss,
             "loss/total": total_loss,
-            "policy/advantage_std": advantages.std().item(),
             "grad_norm/policy": norm.item(),
         }
 

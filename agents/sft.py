@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
 from agents.common.offline import (
     OfflineConfig,
@@ -89,13 +90,15 @@ class SFT:
         n_heldout = min(self.config.max_heldout, int(len(encoded) * self.config.heldout_fraction))
         self.heldout = [encoded[i] for i in order[:n_heldout]]
         self.train_rows = [encoded[i] for i in order[n_heldout:]]
+        self.dist = Distributed()
+        self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
 
     def batch(self, rows: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
         return pad_batch(rows, self.tokenizer.pad_token_id, self.config.train_on_prompt)
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.batch([self.train_rows[i] for i in indices])
-        return sft_loss(sequence_logprobs(self.policy, batch, self.precision), batch["loss_mask"])
+        return sft_loss(self.train_logprobs(batch, self.precision), batch["loss_mask"])
 
     @torch.no_grad()
     def heldout_ce(self) -> float:
@@ -112,7 +115,7 @@ class SFT:
     def learn(self) -> list[dict[str, float]]:
         """Train; returns one metrics dict per log point (also in ``run_dir/metrics.jsonl``)."""
         torch.manual_seed(self.config.seed)
-        logger = RunLogger(self.run_dir, self.config)
+        logger = RunLogger(self.run_dir, self.config, enabled=self.dist.is_main)
         evaluate = (lambda step: {"sft/heldout_ce": self.heldout_ce()}) if self.heldout else None
         try:
             return fit(
@@ -125,15 +128,19 @@ class SFT:
                 logger,
                 evaluate=evaluate,
                 desc="sft",
+                dist=self.dist,
             )
         finally:
             logger.close()
 
     def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) policy + tokenizer: loadable with ``load_policy``."""
+        """``save_pretrained`` (safetensors) policy + tokenizer: loadable with ``load_policy``.
+        Written by the main process; every process returns once it exists."""
         path = Path(path)
-        self.policy.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        if self.dist.is_main:
+            self.policy.save_pretrained(path, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        self.dist.barrier()
         return path
 
     @staticmethod

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
+from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
 from agents.common.offline import OfflineConfig, fit, load_preference_pairs
 from agents.common.precision import autocast, resolve_precision
@@ -62,6 +63,14 @@ def sequence_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     last = batch["attention_mask"].sum(dim=1) - 1  # right padding: last real position
     h = hidden[torch.arange(hidden.shape[0]), last]
     return model.score(h).squeeze(-1).float()
+
+
+def batch_scores(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str
+) -> torch.Tensor:
+    """``sequence_scores`` under the forward-pass precision (the scores themselves are fp32)."""
+    with autocast(precision):
+        return sequence_scores(model, batch).float()
 
 
 class LearnedRewardModel:
@@ -200,31 +209,36 @@ class RewardModelTrainer:
         if len(self.train_idx) == 0:
             raise ValueError(f"{len(self.pairs)} pair(s): nothing left to train on after hold-out")
         self.mean, self.std = 0.0, 1.0
+        self.dist = Distributed()
+        self.train_scores = self.dist.prepare(batch_scores, model=self.model)
 
     def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         """Raw (unnormalised) fp32 scores, shape (N,), with gradients."""
-        return self.batch_scores(
-            encode_texts(self.tokenizer, prompts, completions, self.config.max_length)
-        )
+        batch = encode_texts(self.tokenizer, prompts, completions, self.config.max_length)
+        return batch_scores(self.model, batch, self.precision)
 
-    def batch_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with autocast(self.precision):
-            return sequence_scores(self.model, batch).float()
+    def pair_rewards(
+        self, indices: np.ndarray, train: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(chosen, rejected) rewards, (pairs,) each, from ONE forward pass; and its token count.
 
-    def pair_rewards(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(chosen, rejected) rewards, (pairs,) each, from ONE forward pass; and its token count."""
+        ``train``: through the (DDP-wrapped) training forward, whose gradients are synchronised.
+        """
         prompts = [self.pairs[i][0] for i in indices]
         chosen = [self.pairs[i][1] for i in indices]
         rejected = [self.pairs[i][2] for i in indices]
         batch = encode_texts(
             self.tokenizer, prompts + prompts, chosen + rejected, self.config.max_length
         )
-        rewards = self.batch_scores(batch)
+        if train:
+            rewards = self.train_scores(batch, self.precision)
+        else:
+            rewards = batch_scores(self.model, batch, self.precision)
         n = len(indices)
         return rewards[:n], rewards[n:], int(batch["attention_mask"].sum())
 
     def loss(self, positions: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, tokens = self.pair_rewards(self.train_idx[positions])
+        chosen, rejected, tokens = self.pair_rewards(self.train_idx[positions], train=True)
         loss, stats = bradley_terry_loss(chosen, rejected)
         return loss, {**stats, "tokens": tokens}
 
@@ -260,11 +274,11 @@ class RewardModelTrainer:
     def learn(self) -> dict[str, float]:
         """Train; returns ``heldout_accuracy``, ``gold_agreement`` (NaN without gold scores), the
         normalisation and ``skipped_identical``."""
-        logger = RunLogger(self.run_dir, self.config)
+        logger = RunLogger(self.run_dir, self.config, enabled=self.dist.is_main)
         try:
             history = fit(
                 self.model, self.tokenizer, self.loss, len(self.train_idx), self.config,
-                self.run_dir, logger, evaluate=self.evaluate, desc="reward model",
+                self.run_dir, logger, evaluate=self.evaluate, desc="reward model", dist=self.dist,
             )  # fmt: skip
         finally:
             logger.close()
@@ -283,11 +297,14 @@ class RewardModelTrainer:
 
     def save(self, path: str | Path) -> Path:
         """``save_pretrained`` model + tokenizer (+ ``reward_norm.json``): ``load_reward_model``
-        (path) then scores text with it."""
+        (path) then scores text with it. Written by the main process; every process returns
+        once it exists."""
         path = Path(path)
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        (path / NORM_FILE).unlink(missing_ok=True)
-        if self.config.normalize:
-            (path / NORM_FILE).write_text(json.dumps({"mean": self.mean, "std": self.std}))
+        if self.dist.is_main:
+            self.model.save_pretrained(path, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+            (path / NORM_FILE).unlink(missing_ok=True)
+            if self.config.normalize:
+                (path / NORM_FILE).write_text(json.dumps({"mean": self.mean, "std": self.std}))
+        self.dist.barrier()
         return path

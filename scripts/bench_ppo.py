@@ -20,7 +20,6 @@ import torch
 
 import llm_env
 from agents.common.critic import completion_values
-from agents.common.online import draw_prompts
 from agents.common.policy import completion_logits, set_num_threads
 from agents.common.precision import autocast
 from agents.common.rollout import left_pad_prompts, rollout
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         precision=args.precision, save_every=0, log_every=0,
     )  # fmt: skip
     agent = PPO(policy, tokenizer, {"task": args.task}, config, run_dir="/tmp/bench_ppo")
-    env, prompts = agent.env, draw_prompts(agent._prompt_pool(), args.batch_size, 0, 0)
+    env, prompts = agent.env, agent._draw_prompts()
     max_new = env.setup.max_new_tokens
     print(f"model: tiny GPT-2, {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M params; "
           f"task {args.task}; batch {args.batch_size}; max_new_tokens {max_new}; "

@@ -6,6 +6,8 @@ included) and 0 after a sequence ended; every sequence has at least one token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -14,17 +16,40 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def masked_mean_var(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of ``x`` over the masked positions (two passes).
+
+    ``all_sum`` (e.g. ``Distributed.all_sum``) sums the partial sums over processes, so the
+    statistics are those of every process's positions together; ``None`` = this tensor only.
+    """
+    reduce = all_sum or (lambda t: t)
+    total, n = reduce(torch.stack([(x * mask).sum(), mask.sum()]))
+    mean = total / n.clamp(min=1)
+    var = reduce(((x - mean) ** 2 * mask).sum()) / (n - 1).clamp(min=1)
+    return mean, var
+
+
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Unbiased variance of ``x`` over the masked positions."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
+    return masked_mean_var(x, mask)[1]
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x − mean) / std over the masked positions (0 outside); ``shift_mean=False`` keeps the mean."""
-    mean = masked_mean(x, mask)
-    out = (x - mean) * torch.rsqrt(masked_var(x, mask) + 1e-8)
+def whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(x − mean) / std over the masked positions (0 outside); ``shift_mean=False`` keeps the mean.
+
+    ``all_sum``: as in ``masked_mean_var`` (whiten over the batch of all processes).
+    """
+    mean, var = masked_mean_var(x, mask, all_sum)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
     return out * mask

@@ -8,6 +8,11 @@
 - ``fit``: the training loop itself — a deterministic batch schedule, AdamW with linear warmup /
   decay, gradient clipping, logging (TensorBoard + ``metrics.jsonl``), atomic checkpoints every
   ``save_every`` steps, exact ``resume``, and a clear stop on a non-finite loss.
+
+Under ``accelerate launch`` (see ``agents.common.distributed``) ``batch_size`` is the total over
+processes: each process computes the loss on its contiguous part of every batch of the one seeded
+schedule, through the trainer's DDP-wrapped forward; statistics are reduced over processes and
+only the main process evaluates (its result is broadcast), logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from agents.common.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
 from agents.common.policy import position_ids_from_mask
 from agents.common.precision import autocast
@@ -55,7 +61,7 @@ class OfflineConfig:
     warmup_steps: int = 10
     """Linear warm-up steps; the rate then decays linearly to 0 at the last step."""
     batch_size: int = 64
-    """Examples (pairs for DPO and the reward model) per optimiser step."""
+    """Examples (pairs for DPO and the reward model) per optimiser step, over all processes."""
     epochs: float = 1.0
     """Passes over the training data (fractions allowed)."""
     max_steps: int = 0
@@ -243,6 +249,7 @@ def fit(
     evaluate: Callable[[int], dict[str, float]] | None = None,
     extra_state: dict | None = None,
     desc: str = "train",
+    dist: Distributed | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``loss_fn(indices) -> (loss, stats)`` over a seeded batch schedule.
 
@@ -250,10 +257,17 @@ def fit(
     every ``config.eval_every`` steps and at the end, at x = examples consumed. Returns one dict per log
     point (the same lines as ``run_dir/metrics.jsonl``). ``extra_state`` (tensors, numbers) is
     stored in every checkpoint and available again after ``resume``.
+
+    ``dist``: the process group (default: a single process). ``loss_fn`` then gets this
+    process's part of each batch, and its loss must carry gradients through a forward made by
+    ``dist.prepare``; batches too small to give every process a row are dropped.
     """
+    dist = dist or Distributed()
+    main = dist.is_main
     schedule = batch_schedule(
         n_examples, config.batch_size, config.epochs, config.max_steps, config.seed
     )
+    schedule = [batch for batch in schedule if len(batch) >= dist.world_size]
     optimizer, scheduler = make_optimizer(model, config, len(schedule))
     ckpt = Path(run_dir) / CHECKPOINT_DIR
     start, history, window, tokens = 0, [], [], 0
@@ -262,44 +276,58 @@ def fit(
         load_weights_into(model, ckpt / "policy")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        own = dist.own_rng(state["rng"])
+        if own is not None:
+            set_rng_state(own)
         start, history = int(state["step"]), list(state["history"])
         window, tokens = list(state["window"]), int(state["window_tokens"])
     metrics_path = Path(run_dir) / METRICS_FILE
-    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    if main:
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
     def save(step: int) -> None:
+        rngs = dist.gather_rng(rng_state())
         state = {
             "step": step,
             "window": window,  # the steps since the last log point, so a resumed log matches
             "window_tokens": tokens,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs,
             "history": history,
             **(extra_state or {}),
         }
-        save_checkpoint(ckpt, {"policy": model}, state, tokenizer=tokenizer)
+        if main:
+            save_checkpoint(ckpt, {"policy": model}, state, tokenizer=tokenizer)
+        dist.barrier()
 
     def record(step: int, metrics: dict[str, float]) -> None:
         metrics = {"step": step, "examples": examples_at(step), **metrics}
         history.append(metrics)
         logger.log(metrics["examples"], {k: v for k, v in metrics.items() if "/" in k})
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        if main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
 
     def examples_at(step: int) -> int:
         return int(sum(len(b) for b in schedule[:step]))
 
     model.train()
     tic = time.perf_counter()
-    bar = tqdm(range(start, len(schedule)), desc=desc, initial=start, total=len(schedule))
+    bar = tqdm(
+        range(start, len(schedule)), desc=desc, initial=start, total=len(schedule),
+        disable=not main,
+    )  # fmt: skip
     for step in bar:
-        loss, stats = loss_fn(schedule[step])
-        if not torch.isfinite(loss):
+        batch = schedule[step]
+        part = dist.split(batch)
+        loss, stats = loss_fn(part)
+        if dist.any(not torch.isfinite(loss)):
             raise NonFiniteLossError(stop_message("loss", loss.item(), step, ckpt))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages the processes' gradients; weighting each part's mean loss by its share
+        # of the batch makes that average the gradient of the whole batch's mean loss.
+        (loss * (len(part) * dist.world_size / len(batch))).backward()
         clip = config.grad_clip if config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if not torch.isfinite(grad_norm):
@@ -315,11 +343,14 @@ def fit(
         if done % config.log_every == 0 or eval_due or last:
             seconds = time.perf_counter() - tic
             metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            metrics["tokens"] = tokens
+            metrics = dist.reduce_metrics(metrics)
+            tokens = metrics.pop("tokens")
             metrics["optim/lr"] = scheduler.get_last_lr()[0]
             metrics["perf/seconds_per_iter"] = seconds / len(window)
             metrics["perf/tokens_per_s"] = tokens / max(seconds, 1e-9)
             if eval_due:
-                metrics.update(evaluate(done))
+                metrics.update(dist.broadcast_object(evaluate(done) if main else None))
                 model.train()
             record(done, metrics)
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}")

@@ -4,6 +4,10 @@ and a ``learn()`` loop with logging, atomic checkpoints, ``--resume`` and non-fi
 An ``OnlineAgent`` subclass sets ``agent_name`` and implements ``_iteration()`` (one rollout
 batch → one update, returning its metrics); it may add models/optimisers/state to the
 checkpoint through ``_models()``, ``_optimizers()``, ``_extra_state()``/``_load_extra_state()``.
+
+Under ``accelerate launch`` each process rolls out its shard of every batch (see
+``agents.common.distributed``); ``learn()`` reduces the metrics over processes before logging
+and before the KL controller sees them, and only the main process writes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from agents.common.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from agents.common.distributed import Distributed
 from agents.common.kl import exact_kl, make_kl_controller
 from agents.common.logging import RunLogger
 from agents.common.losses import entropy_from_logits
@@ -58,7 +63,7 @@ class OnlineConfig:
     total_prompts: int = 8192
     """Stop after this many prompts (x-axis of every logged scalar)."""
     batch_size: int = 64
-    """Prompts per rollout batch / iteration."""
+    """Prompts per rollout batch / iteration (in total over all processes)."""
     minibatch_size: int = 16
     """Sequences per gradient step."""
     learning_rate: float = 3e-4
@@ -190,6 +195,8 @@ class OnlineAgent:
         reward_model=None,
     ):
         self.config = config
+        self.dist = Distributed()
+        self.dist.check_divisible(batch_size=config.batch_size)
         torch.manual_seed(config.seed)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
         self.policy.eval()  # dropout off: π_θ/π_old must be exactly 1 before the first update
@@ -198,7 +205,7 @@ class OnlineAgent:
         if reward_model is not None:
             env_kwargs["reward_model"] = reward_model
         self.env = TokenMDPVectorEnv(
-            num_envs=self.rollout_size,
+            num_envs=self.rollout_size // self.dist.world_size,
             autoreset_mode="disabled",
             tokenizer=self.tokenizer,
             **env_kwargs,
@@ -212,7 +219,7 @@ class OnlineAgent:
             )
         self.precision = resolve_precision(config.precision)
         self.kl_ctl = make_kl_controller(config.beta, config.kl_target, config.kl_horizon)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed + self.dist.rank)
         self.run_dir = Path(run_dir)
         self.iteration = 0
         self.prompts_consumed = 0
@@ -220,7 +227,8 @@ class OnlineAgent:
 
     @property
     def rollout_size(self) -> int:
-        """Sequences per rollout batch (one per prompt unless the agent samples several)."""
+        """Sequences per rollout batch over all processes (one per prompt unless the agent
+        samples several)."""
         return self.config.batch_size
 
     @property
@@ -244,22 +252,32 @@ class OnlineAgent:
         pass
 
     # -- shared steps ---------------------------------------------------------------------------
+    def _draw_prompts(self) -> list[str]:
+        """This process's shard of the iteration's ``batch_size`` prompts."""
+        cfg = self.config
+        pool = self.env.setup.task.prompts(self.env.setup.split)
+        return self.dist.shard(draw_prompts(pool, cfg.batch_size, cfg.seed, self.iteration))
+
     def _rollout(self, prompts: list[str]) -> Rollout:
-        """Sample one completion per prompt; a failing reward model stops the run cleanly."""
+        """Sample one completion per prompt; a failing reward model stops the run cleanly (on
+        every process)."""
+        error = None
         try:
-            return rollout(
+            roll = rollout(
                 self.policy, self.env, self.sampling, self.generator, prompts, None, self.precision
             )
         except RewardModelError as e:
-            self._stop(f"the reward failed: {e}")
-
-    def _prompt_pool(self) -> tuple[str, ...]:
-        return self.env.setup.task.prompts(self.env.setup.split)
+            error = e
+        if self.dist.any(error is not None):
+            self._stop(f"the reward failed: {error or 'on another process'}")
+        return roll
 
     def _check_finite(self, name: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value).all():
-            bad = value[~torch.isfinite(value)].flatten()[0].item()
-            self._stop(f"{name} is non-finite ({bad})")
+        """Stop (every process at once) if ``value`` has a NaN/inf on any process."""
+        finite = bool(torch.isfinite(value).all())
+        if self.dist.any(not finite):
+            bad = value[~torch.isfinite(value)].flatten()[0].item() if not finite else None
+            self._stop(f"{name} is non-finite ({bad if not finite else 'on another process'})")
 
     def _stop(self, reason: str):
         kept = (
@@ -295,16 +313,21 @@ class OnlineAgent:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Written by the main process only (every process must call it: it gathers the RNGs)."""
+        rngs = self.dist.gather_rng(rng_state(self.generator))
         state = {
             "iteration": self.iteration,
             "prompts_consumed": self.prompts_consumed,
             "kl_controller": self.kl_ctl.state_dict(),
             "optimizers": {k: opt.state_dict() for k, opt in self._optimizers().items()},
-            "rng": rng_state(self.generator),
+            "rng": rngs,
             "history": self.history,
             "extra": self._extra_state(),
         }
-        return save_checkpoint(self.checkpoint_dir, self._models(), state, self.tokenizer)
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoint_dir, self._models(), state, self.tokenizer)
+        self.dist.barrier()
+        return self.checkpoint_dir
 
     def restore_checkpoint(self, path: Path | None = None) -> None:
         """Continue from a checkpoint: weights, optimisers, β, RNG states, counters, history."""
@@ -315,7 +338,9 @@ class OnlineAgent:
         for name, opt in self._optimizers().items():
             opt.load_state_dict(state["optimizers"][name])
         self.kl_ctl.load_state_dict(state["kl_controller"])
-        set_rng_state(state["rng"], self.generator)
+        own = self.dist.own_rng(state["rng"])
+        if own is not None:
+            set_rng_state(own, self.generator)
         self.iteration = int(state["iteration"])
         self.prompts_consumed = int(state["prompts_consumed"])
         self.history = list(state["history"])
@@ -333,17 +358,23 @@ class OnlineAgent:
         total = int(total_prompts or cfg.total_prompts)
         if cfg.resume and has_checkpoint(self.checkpoint_dir):
             self.restore_checkpoint()
-        logger = RunLogger(self.run_dir, cfg)
+        main = self.dist.is_main
+        logger = RunLogger(self.run_dir, cfg, enabled=main)
         metrics_path = self.run_dir / METRICS_FILE
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        if main:
+            metrics_path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
         start = time.perf_counter() - (self.history[-1]["time/wall"] if self.history else 0.0)
-        bar = tqdm(total=total, initial=self.prompts_consumed, desc=self.agent_name, unit="prompt")
+        bar = tqdm(
+            total=total, initial=self.prompts_consumed, desc=self.agent_name, unit="prompt",
+            disable=not main,
+        )  # fmt: skip
         try:
             while self.prompts_consumed < total:
                 t0 = time.perf_counter()
                 if cfg.anneal_lr:
                     self._anneal_lr(1.0 - self.prompts_consumed / total)
-                metrics = self._iteration()
+                metrics = self.dist.reduce_metrics(self._iteration())
+                self.kl_ctl.update(metrics["kl/ref"], cfg.batch_size)
                 self.iteration += 1
                 self.prompts_consumed += cfg.batch_size
                 seconds = time.perf_counter() - t0
@@ -353,13 +384,14 @@ class OnlineAgent:
                 record = {"iteration": self.iteration, "prompts": self.prompts_consumed, **metrics}
                 self.history.append(record)
                 logger.log(self.prompts_consumed, metrics)
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if main:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
                 bar.update(cfg.batch_size)
                 bar.set_postfix(
                     reward=f"{metrics['reward/train']:.3f}", kl=f"{metrics['kl/ref']:.3f}"
                 )
-                if cfg.log_every and self.iteration % cfg.log_every == 0:
+                if main and cfg.log_every and self.iteration % cfg.log_every == 0:
                     tqdm.write(summary_line(record))
                 if cfg.save_every and self.iteration % cfg.save_every == 0:
                     self.save_checkpoint()
@@ -371,7 +403,9 @@ class OnlineAgent:
         return self.history
 
     def save(self, path: str | Path) -> None:
-        """The policy (``from_pretrained`` loadable) and its tokenizer."""
+        """The policy (``from_pretrained`` loadable) and its tokenizer (main process only)."""
+        if not self.dist.is_main:
+            return
         path = Path(path)
         self.policy.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)

@@ -135,12 +135,16 @@ def token_logprobs(
 
 
 def set_num_threads(threads: int | None = None) -> None:
-    """Use every core we have (2 here) unless told otherwise, and flush denormal floats to zero.
+    """Share the cores among the processes launched on this machine (all of them for a single
+    process) unless told otherwise, and flush denormal floats to zero.
 
     Without the flush, Adam's tiny second-moment values turn into denormals after the first
     steps and every optimiser step on CPU runs >10x slower (measured on the tiny GPT-2).
     """
     import os
 
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    from agents.common.distributed import local_world_size
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads or max(1, cores // local_world_size()))
     torch.set_flush_denormal(True)
