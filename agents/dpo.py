@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from agents.common.callbacks import OfflineModel
 from agents.common.distributed import Distributed, TrainForward
 from agents.common.evaluate import evaluate
 from agents.common.logging import RunLogger
@@ -137,7 +138,7 @@ def check_config(config: DPOConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {config.label_smoothing}")
 
 
-class DPO:
+class DPO(OfflineModel):
     """DPO on ``data`` (JSONL path or list of ``(prompt, chosen, rejected)``) from ``policy``
     (directory or model); the reference is ``ref_policy`` or the policy's initial weights."""
 
@@ -244,9 +245,10 @@ class DPO:
         )  # fmt: skip
         return result.summary()
 
-    def learn(self) -> list[dict[str, float]]:
+    def learn(self, callback=None) -> list[dict[str, float]]:
         """Train; returns one metrics dict per log point (also ``run_dir/metrics.jsonl``) and
-        saves the final policy to ``run_dir/final``."""
+        saves the final policy to ``run_dir/final``. ``callback``: Stable-Baselines3
+        callback(s), see ``agents.common.callbacks``."""
         torch.manual_seed(self.config.seed)
         state = training_state(self.run_dir) if self.config.resume else None
         if state is not None:
@@ -260,7 +262,7 @@ class DPO:
         try:
             history = fit(
                 self.policy, self.tokenizer, self.loss, len(self.chosen), self.config,
-                self.run_dir, logger, evaluate=self.evaluate, desc="dpo", dist=self.dist,
+                self.run_dir, logger, evaluate=self.evaluate, desc="dpo", dist=self.dist, callback=callback, agent=self,
                 extra_state={"ref_chosen": self.ref_chosen_logps, "ref_rejected": self.ref_rejected_logps},
             )  # fmt: skip
         finally:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from agents.common.callbacks import OfflineModel
 from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
 from agents.common.offline import (
@@ -66,7 +67,7 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     return loss, {"loss/policy": loss.item(), "tokens": mask.sum().item()}
 
 
-class SFT:
+class SFT(OfflineModel):
     """Fine-tune ``policy`` (a ``save_pretrained`` directory or a model object) on ``data``
     (a JSONL path or a list of ``(prompt, completion)``); ``learn()`` then ``save(dir)``."""
 
@@ -112,8 +113,9 @@ class SFT:
             count += batch["loss_mask"].sum().item()
         return total / max(count, 1.0)
 
-    def learn(self) -> list[dict[str, float]]:
-        """Train; returns one metrics dict per log point (also in ``run_dir/metrics.jsonl``)."""
+    def learn(self, callback=None) -> list[dict[str, float]]:
+        """Train; returns one metrics dict per log point (also in ``run_dir/metrics.jsonl``).
+        ``callback``: Stable-Baselines3 callback(s), see ``agents.common.callbacks``."""
         torch.manual_seed(self.config.seed)
         logger = RunLogger(self.run_dir, self.config, enabled=self.dist.is_main)
         evaluate = (lambda step: {"sft/heldout_ce": self.heldout_ce()}) if self.heldout else None
@@ -129,6 +131,8 @@ class SFT:
                 evaluate=evaluate,
                 desc="sft",
                 dist=self.dist,
+                callback=callback,
+                agent=self,
             )
         finally:
             logger.close()

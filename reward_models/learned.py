@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
+from agents.common.callbacks import OfflineModel
 from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
 from agents.common.offline import OfflineConfig, fit, load_preference_pairs
@@ -170,7 +171,7 @@ def bradley_terry_loss(
     }
 
 
-class RewardModelTrainer:
+class RewardModelTrainer(OfflineModel):
     """Bradley–Terry reward model initialised from a policy's weights with a scalar head.
 
     ``init_policy_dir``: a causal-LM ``save_pretrained`` directory (the SFT policy);
@@ -271,14 +272,15 @@ class RewardModelTrainer:
         ).numpy()
         return float(raw.mean()), float(max(raw.std(), 1e-6))
 
-    def learn(self) -> dict[str, float]:
+    def learn(self, callback=None) -> dict[str, float]:
         """Train; returns ``heldout_accuracy``, ``gold_agreement`` (NaN without gold scores), the
-        normalisation and ``skipped_identical``."""
+        normalisation and ``skipped_identical``. ``callback``: Stable-Baselines3 callback(s),
+        see ``agents.common.callbacks``."""
         logger = RunLogger(self.run_dir, self.config, enabled=self.dist.is_main)
         try:
             history = fit(
                 self.model, self.tokenizer, self.loss, len(self.train_idx), self.config,
-                self.run_dir, logger, evaluate=self.evaluate, desc="reward model", dist=self.dist,
+                self.run_dir, logger, evaluate=self.evaluate, desc="reward model", dist=self.dist, callback=callback, agent=self,
             )  # fmt: skip
         finally:
             logger.close()

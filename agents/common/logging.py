@@ -46,6 +46,8 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.writer = None
+        self.pending: dict[str, float] = {}
+        self.last_step = 0
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -53,8 +55,20 @@ class RunLogger:
             (self.run_dir / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
             self.writer = SummaryWriter(log_dir=str(self.run_dir))
 
+    def record(self, key: str, value: float, exclude: Any = None) -> None:
+        """Stable-Baselines3's ``logger.record``: ``value`` is written with the next ``log()``
+        (or ``dump()``), so callbacks add scalars to the run's events."""
+        self.pending[key] = float(value)
+
+    def dump(self, step: int = 0) -> None:
+        """Write the recorded values now, at x = ``step``."""
+        self.log(step, {})
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Write every metric at x = ``step`` (prompts or pairs consumed)."""
+        """Write every metric (and any recorded value) at x = ``step`` (prompts or pairs
+        consumed)."""
+        metrics, self.pending = {**self.pending, **metrics}, {}
+        self.last_step = int(step)
         if self.writer is None:
             return
         for tag, value in metrics.items():
@@ -62,6 +76,9 @@ class RunLogger:
         self.writer.flush()
 
     def close(self) -> None:
+        """Write what is still recorded (at the last step logged) and close the events file."""
+        if self.pending:
+            self.dump(self.last_step)
         if self.writer is not None:
             self.writer.close()
             self.writer = None

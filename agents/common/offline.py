@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from agents.common.callbacks import CallbackRunner
 from agents.common.checkpoint import (
     has_checkpoint,
     load_checkpoint_state,
@@ -250,6 +252,8 @@ def fit(
     extra_state: dict | None = None,
     desc: str = "train",
     dist: Distributed | None = None,
+    callback: Any = None,
+    agent: Any = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``loss_fn(indices) -> (loss, stats)`` over a seeded batch schedule.
 
@@ -261,6 +265,10 @@ def fit(
     ``dist``: the process group (default: a single process). ``loss_fn`` then gets this
     process's part of each batch, and its loss must carry gradients through a forward made by
     ``dist.prepare``; batches too small to give every process a row are dropped.
+
+    ``callback``: Stable-Baselines3 callback(s) driven with ``agent`` as their model, called
+    after every optimiser step (see ``agents.common.callbacks``); a stop ends training there,
+    with a last log point, evaluation and checkpoint.
     """
     dist = dist or Distributed()
     main = dist.is_main
@@ -312,6 +320,8 @@ def fit(
     def examples_at(step: int) -> int:
         return int(sum(len(b) for b in schedule[:step]))
 
+    hooks = CallbackRunner(callback, agent, dist, logger)
+    hooks.start(examples_at(start), locals())
     model.train()
     tic = time.perf_counter()
     bar = tqdm(
@@ -336,7 +346,9 @@ def fit(
         scheduler.step()
         tokens += int(stats.pop("tokens", 0))
         window.append({"loss/total": loss.item(), "optim/grad_norm": grad_norm.item(), **stats})
-        done, last = step + 1, step + 1 == len(schedule)
+        done = step + 1
+        stop = not hooks.step(examples_at(done), {"stats": window[-1], "loss": loss})
+        last = done == len(schedule) or stop
         eval_due = evaluate is not None and (
             (config.eval_every > 0 and done % config.eval_every == 0) or last
         )
@@ -357,7 +369,10 @@ def fit(
             window, tic, tokens = [], time.perf_counter(), 0
         if done % config.save_every == 0 or last:
             save(done)
+        if stop:
+            break
     bar.close()
+    hooks.end()
     return history
 
 

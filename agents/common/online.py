@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from agents.common.callbacks import CallbackRunner
 from agents.common.checkpoint import (
     has_checkpoint,
     load_checkpoint_state,
@@ -224,6 +225,12 @@ class OnlineAgent:
         self.iteration = 0
         self.prompts_consumed = 0
         self.history: list[dict[str, float]] = []
+        self.num_timesteps = 0  # prompts consumed, for Stable-Baselines3 callbacks
+        self.logger: RunLogger | None = None
+
+    def get_env(self) -> TokenMDPVectorEnv:
+        """The rollout env (Stable-Baselines3's ``model.get_env()``, for callbacks)."""
+        return self.env
 
     @property
     def rollout_size(self) -> int:
@@ -347,12 +354,13 @@ class OnlineAgent:
         self._load_extra_state(state["extra"])
 
     # -- the loop -------------------------------------------------------------------------------
-    def learn(self, total_prompts: int | None = None) -> list[dict[str, float]]:
+    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
         """Train until ``total_prompts`` (default ``config.total_prompts``) prompts are consumed.
 
         Returns one metrics dict per iteration (those before a resume included). Writes
         TensorBoard events, ``metrics.jsonl``, checkpoints every ``save_every`` iterations and
-        at the end, and the final policy to ``run_dir/final``.
+        at the end, and the final policy to ``run_dir/final``. ``callback``: Stable-Baselines3
+        callback(s), called after every iteration (see ``agents.common.callbacks``).
         """
         cfg = self.config
         total = int(total_prompts or cfg.total_prompts)
@@ -360,6 +368,7 @@ class OnlineAgent:
             self.restore_checkpoint()
         main = self.dist.is_main
         logger = RunLogger(self.run_dir, cfg, enabled=main)
+        hooks = CallbackRunner(callback, self, self.dist, logger)
         metrics_path = self.run_dir / METRICS_FILE
         if main:
             metrics_path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
@@ -368,6 +377,7 @@ class OnlineAgent:
             total=total, initial=self.prompts_consumed, desc=self.agent_name, unit="prompt",
             disable=not main,
         )  # fmt: skip
+        hooks.start(self.prompts_consumed, locals())
         try:
             while self.prompts_consumed < total:
                 t0 = time.perf_counter()
@@ -383,6 +393,8 @@ class OnlineAgent:
                 metrics["time/wall"] = time.perf_counter() - start
                 record = {"iteration": self.iteration, "prompts": self.prompts_consumed, **metrics}
                 self.history.append(record)
+                # before logging, so what the callback records lands at this x
+                stop = not hooks.step(self.prompts_consumed, {"metrics": record})
                 logger.log(self.prompts_consumed, metrics)
                 if main:
                     with metrics_path.open("a") as f:
@@ -395,9 +407,12 @@ class OnlineAgent:
                     tqdm.write(summary_line(record))
                 if cfg.save_every and self.iteration % cfg.save_every == 0:
                     self.save_checkpoint()
+                if stop:
+                    break
         finally:
             bar.close()
             logger.close()
+        hooks.end()
         self.save_checkpoint()
         self.save(self.run_dir / "final")
         return self.history
