@@ -11,6 +11,7 @@ import argparse
 import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.dpo import DPO, FINAL_DIR, DPOConfig
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = args.run_dir or run_dir_for("runs", args.task, "dpo", args.name)
     dpo = DPO(args.policy, args.tokenizer, args.pairs, config, run_dir, env_kwargs, args.ref_policy)
     history = dpo.learn()
-    print(json.dumps({"final_policy": str(dpo.run_dir / FINAL_DIR), **history[-1]}))
+    print_on_main(json.dumps({"final_policy": str(dpo.run_dir / FINAL_DIR), **history[-1]}))
 
 
 if __name__ == "__main__":

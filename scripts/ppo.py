@@ -13,6 +13,7 @@ import argparse
 import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.ppo import PPO, PPOConfig
@@ -78,7 +79,7 @@ def run(agent_cls: type, config_cls: type, argv: list[str] | None, doc: str) -> 
         agent.save(args.out)
     last = history[-1] if history else {}
     summary = {k: round(v, 4) for k, v in last.items() if k.startswith(("reward/", "kl/"))}
-    print(f"done: {json.dumps(summary)}; final policy in {run_dir}/final")
+    print_on_main(f"done: {json.dumps(summary)}; final policy in {run_dir}/final")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from reward_models.learned import RewardModelConfig, RewardModelTrainer
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = RewardModelTrainer(args.policy, args.pairs, config, run_dir)
     metrics = trainer.learn()
     out = trainer.save(args.out)
-    print(json.dumps({"reward_model": str(out), **metrics}))
+    print_on_main(json.dumps({"reward_model": str(out), **metrics}))
 
 
 if __name__ == "__main__":

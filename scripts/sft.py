@@ -11,6 +11,7 @@ import argparse
 import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.sft import SFT, SFTConfig, pretrain_on_task
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         sft = SFT(args.policy, args.tokenizer, args.data, config, run_dir)
         sft.learn()
         out = sft.save(args.out)
-    print(f"saved policy to {out} (run directory {run_dir})")
+    print_on_main(f"saved policy to {out} (run directory {run_dir})")
 
 
 if __name__ == "__main__":

@@ -189,3 +189,9 @@ class Distributed:
 def local_world_size() -> int:
     """Processes launched on this machine (1 outside ``accelerate launch`` / ``torchrun``)."""
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def print_on_main(text: str) -> None:
+    """``print`` on the main process only (a CLI's summary line is printed once, not N times)."""
+    if Distributed().is_main:
+        print(text)
