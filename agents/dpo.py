@@ -5,6 +5,8 @@ once up front — the reference model is then dropped from memory (it stays on d
 for the KL of the evaluation points). Each step runs chosen and rejected through the policy in
 ONE concatenated, dynamically padded forward pass. At evaluation points the policy samples
 through the env, so DPO lands on the same reward/gold–kl/ref axes as PPO and REINFORCE.
+With ``lora_r > 0`` only LoRA adapters train and the reference is the policy with its adapters
+disabled (``agents.common.lora``): nothing is loaded from disk for it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.common.evaluate import evaluate
 from agents.common.logging import RunLogger
+from agents.common.lora import BaseWeightsReference, LoraOptions, is_lora, save_policy, with_lora
 from agents.common.offline import (
     OfflineConfig,
     encode_examples,
@@ -39,7 +42,7 @@ FINAL_DIR = "final"
 
 
 @dataclass
-class DPOConfig(OfflineConfig):
+class DPOConfig(OfflineConfig, LoraOptions):
     """DPO options (defaults: a tiny SFT'd GPT-2 on ``sentiment`` pairs, ~1–2 min on CPU)."""
 
     learning_rate: float = 3e-4
@@ -155,6 +158,7 @@ class DPO:
         self.run_dir = Path(run_dir)
         self.precision = resolve_precision(self.config.precision)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
+        self.policy = with_lora(self.policy, self.config)
         triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
         prompts, chosen, rejected = (list(x) for x in zip(*triples))
         n = self.config.max_length
@@ -164,7 +168,9 @@ class DPO:
             own = self.tokenizer if isinstance(ref_policy, PreTrainedModel) else None
             _, ref_tokenizer = load_policy(ref_policy, own)
             check_same_tokenizer(self.tokenizer, ref_tokenizer, "the policy and the reference")
-        if isinstance(ref_policy, (str, Path)):
+        if ref_policy is None and is_lora(self.policy):
+            self.ref_dir = None  # the base weights: the policy with its adapters disabled
+        elif isinstance(ref_policy, (str, Path)):
             self.ref_dir = Path(ref_policy)
         elif ref_policy is None and isinstance(policy, (str, Path)):
             self.ref_dir = Path(policy)
@@ -207,7 +213,10 @@ class DPO:
         return chosen, rejected
 
     def reference_model(self) -> torch.nn.Module:
-        """The reference, loaded from disk in eval mode (it is not kept between uses)."""
+        """The reference, loaded from disk in eval mode (it is not kept between uses), or a LoRA
+        policy's base weights (``BaseWeightsReference``, no copy)."""
+        if self.ref_dir is None:
+            return BaseWeightsReference(self.policy)
         return load_policy(self.ref_dir, self.tokenizer)[0].eval()
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
@@ -262,9 +271,10 @@ class DPO:
         return history
 
     def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) policy + tokenizer."""
+        """``save_pretrained`` (safetensors) policy + tokenizer (LoRA: merged, adapter in
+        ``adapter/``)."""
         path = Path(path)
-        self.policy.save_pretrained(path, safe_serialization=True)
+        save_policy(self.policy, path)
         self.tokenizer.save_pretrained(path)
         return path
 

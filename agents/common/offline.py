@@ -34,6 +34,7 @@ from agents.common.checkpoint import (
     set_rng_state,
 )
 from agents.common.logging import RunLogger
+from agents.common.lora import causal_lm, trainable_parameters
 from agents.common.policy import position_ids_from_mask
 from agents.common.precision import autocast
 from llm_env.tasks import read_jsonl
@@ -179,7 +180,7 @@ def sequence_logprobs(
 
     The LM head and the log-softmax run only on the scored positions (not on prompt or pad
     tokens) for the architectures in ``HEAD_ON_SCORED_ONLY``; other models go through their
-    full forward.
+    full forward. ``model`` may be a LoRA policy or its ``BaseWeightsReference`` (``causal_lm``).
     """
     mask = batch["loss_mask"].bool()
     targets = batch["input_ids"][:, 1:][mask]
@@ -189,12 +190,12 @@ def sequence_logprobs(
         "position_ids": position_ids_from_mask(batch["attention_mask"]),
         "use_cache": False,
     }
-    with autocast(precision):
-        if getattr(model.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
-            hidden = model.base_model(**inputs).last_hidden_state[:, :-1]
-            logits = model.get_output_embeddings()(hidden[mask])  # (scored tokens, vocab)
+    with autocast(precision), causal_lm(model) as lm:
+        if getattr(lm.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
+            hidden = lm.base_model(**inputs).last_hidden_state[:, :-1]
+            logits = lm.get_output_embeddings()(hidden[mask])  # (scored tokens, vocab)
         else:
-            logits = model(**inputs).logits[:, :-1][mask]
+            logits = lm(**inputs).logits[:, :-1][mask]
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     logprobs[mask] = -F.cross_entropy(logits.float(), targets, reduction="none")
     return logprobs
@@ -220,7 +221,7 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW; linear warm-up over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        trainable_parameters(model), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     warmup = max(config.warmup_steps, 0)
 
