@@ -173,10 +173,6 @@ class BaseWeightsReference(nn.Module):
             raise TypeError("BaseWeightsReference needs a LoRA (peft) policy")
         object.__setattr__(self, "policy", policy)  # bypasses nn.Module's submodule registration
 
-    @property
-    def config(self):
-        return self.policy.config
-
     def forward(
         self,
         input_ids: torch.Tensor,
