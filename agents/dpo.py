@@ -5,6 +5,8 @@ once up front — the reference model is then dropped from memory (it stays on d
 for the KL of the evaluation points). Each step runs chosen and rejected through the policy in
 ONE concatenated, dynamically padded forward pass. At evaluation points the policy samples
 through the env, so DPO lands on the same reward/gold–kl/ref axes as PPO and REINFORCE.
+With ``lora_r > 0`` only LoRA adapters train and the reference is the policy with its adapters
+disabled (``agents.common.lora``): nothing is loaded from disk for it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from agents.common.callbacks import OfflineModel
 from agents.common.distributed import Distributed, TrainForward
 from agents.common.evaluate import evaluate
 from agents.common.logging import RunLogger
+from agents.common.lora import BaseWeightsReference, LoraOptions, is_lora, save_policy, with_lora
 from agents.common.offline import (
     OfflineConfig,
     encode_examples,
@@ -41,7 +44,7 @@ FINAL_DIR = "final"
 
 
 @dataclass
-class DPOConfig(OfflineConfig):
+class DPOConfig(OfflineConfig, LoraOptions):
     """DPO options (defaults: a tiny SFT'd GPT-2 on ``sentiment`` pairs, ~1–2 min on CPU)."""
 
     learning_rate: float = 3e-4
@@ -51,9 +54,9 @@ class DPOConfig(OfflineConfig):
     epochs: float = 2.0
     """Passes over the pairs (fractions allowed)."""
     log_every: int = 4
-    """Log every this many steps."""
+    """Log every this many steps (0 = only at evaluations and the end)."""
     save_every: int = 50
-    """Write an atomic checkpoint every this many steps (and at the end)."""
+    """Write an atomic checkpoint every this many steps (0 = only at the end)."""
     beta: float = 0.1
     """β: strength of the implicit KL penalty; implicit reward = β·log(π/π_ref)."""
     loss_type: str = "sigmoid"
@@ -158,6 +161,7 @@ class DPO(OfflineModel):
         self.run_dir = Path(run_dir)
         self.precision = resolve_precision(self.config.precision)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
+        self.policy = with_lora(self.policy, self.config)
         triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
         prompts, chosen, rejected = (list(x) for x in zip(*triples))
         n = self.config.max_length
@@ -167,7 +171,9 @@ class DPO(OfflineModel):
             own = self.tokenizer if isinstance(ref_policy, PreTrainedModel) else None
             _, ref_tokenizer = load_policy(ref_policy, own)
             check_same_tokenizer(self.tokenizer, ref_tokenizer, "the policy and the reference")
-        if isinstance(ref_policy, (str, Path)):
+        if ref_policy is None and is_lora(self.policy):
+            self.ref_dir = None  # the base weights: the policy with its adapters disabled
+        elif isinstance(ref_policy, (str, Path)):
             self.ref_dir = Path(ref_policy)
         elif ref_policy is None and isinstance(policy, (str, Path)):
             self.ref_dir = Path(policy)
@@ -215,7 +221,10 @@ class DPO(OfflineModel):
         return self.dist.all_sum(chosen), self.dist.all_sum(rejected)
 
     def reference_model(self) -> torch.nn.Module:
-        """The reference, loaded from disk in eval mode (it is not kept between uses)."""
+        """The reference, loaded from disk in eval mode (it is not kept between uses), or a LoRA
+        policy's base weights (``BaseWeightsReference``, no copy)."""
+        if self.ref_dir is None:
+            return BaseWeightsReference(self.policy)
         return load_policy(self.ref_dir, self.tokenizer)[0].eval()
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
@@ -271,11 +280,11 @@ class DPO(OfflineModel):
         return history
 
     def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) policy + tokenizer. Written by the main process;
-        every process returns once it exists."""
+        """``save_pretrained`` (safetensors) policy + tokenizer (LoRA: merged, adapter in
+        ``adapter/``). Written by the main process; every process returns once it exists."""
         path = Path(path)
         if self.dist.is_main:
-            self.policy.save_pretrained(path, safe_serialization=True)
+            save_policy(self.policy, path)
             self.tokenizer.save_pretrained(path)
         self.dist.barrier()
         return path

@@ -26,6 +26,7 @@ from agents.common.advantages import (
 )
 from agents.common.critic import ValueModel, completion_values
 from agents.common.kl import sequence_kl_stats
+from agents.common.lora import trainable_parameters
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
 from agents.common.online import (
     OnlineAgent,
@@ -113,7 +114,9 @@ class PPO(OnlineAgent):
         self.train_forward = self.dist.prepare(
             policy_logits_and_values, policy=self.policy, critic=self.critic
         )
-        self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate)
+        self.policy_opt = torch.optim.Adam(
+            trainable_parameters(self.policy), lr=config.learning_rate
+        )
         self.critic_opt = torch.optim.Adam(
             self.critic.parameters(), lr=config.critic_learning_rate or config.learning_rate
         )

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from agents.common.advantages import masked_mean, masked_mean_var
 from agents.common.kl import masked_sum, sequence_kl_stats
+from agents.common.lora import trainable_parameters
 from agents.common.losses import reinforce_loss
 from agents.common.online import (
     OnlineAgent,
@@ -87,6 +88,7 @@ class ReinforceConfig(OnlineConfig):
     """Divide the advantages R − b by their standard deviation over the batch."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {sorted(BASELINES)}, got {self.baseline!r}")
         if self.baseline == "rloo" and self.k < 2:
@@ -109,7 +111,9 @@ class Reinforce(OnlineAgent):
     ):
         config = config or ReinforceConfig()
         super().__init__(policy, tokenizer, env_kwargs, config, run_dir, reward_model)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate)
+        self.optimizer = torch.optim.Adam(
+            trainable_parameters(self.policy), lr=config.learning_rate
+        )
         self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
         self.running_mean = 0.0
 

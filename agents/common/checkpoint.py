@@ -1,6 +1,7 @@
 """Atomic checkpoints: write everything to a temporary directory, then rename it into place.
 
-A checkpoint directory holds one ``save_pretrained`` sub-directory per model (safetensors), the
+A checkpoint directory holds one ``save_pretrained`` sub-directory per model (safetensors; for a
+LoRA policy, ``peft``'s: the adapter only), the
 tokenizer, and ``state.pt`` (optimiser states, controller state, RNG states, counters), loaded
 with ``torch.load(weights_only=True)``. A run killed mid-write leaves the previous checkpoint
 intact; ``--resume`` loads the newest complete one.
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from agents.common.critic import ValueModel
+from agents.common.lora import is_lora, load_adapter_into
 
 STATE_FILE = "state.pt"
 
@@ -82,7 +84,10 @@ def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
 
 def load_weights_into(model: torch.nn.Module, path: str | Path) -> None:
     """Copy the weights ``save_checkpoint`` wrote for ``model`` at ``path`` into it, in place
-    (so optimisers keep pointing at its parameters)."""
+    (so optimisers keep pointing at its parameters). A LoRA policy's checkpoint is its adapter."""
+    if is_lora(model):
+        load_adapter_into(model, path)
+        return
     if isinstance(model, ValueModel):
         saved = ValueModel.from_pretrained(path)
     else:

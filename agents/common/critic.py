@@ -9,7 +9,6 @@ advantages are the rewards themselves rather than noise. Saved as the backbone's
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from agents.common.lora import plain_copy, unwrap
 from agents.common.policy import position_ids_from_mask
 
 HEAD_FILE = "value_head.safetensors"
@@ -34,8 +34,9 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_policy(cls, policy: PreTrainedModel) -> ValueModel:
-        """A copy of the policy's transformer (without its LM head) under a fresh value head."""
-        return cls(copy.deepcopy(policy.base_model))
+        """A copy of the policy's transformer (without its LM head, and of a LoRA policy without
+        the adapters: a plain, fully trainable copy of the base) under a fresh value head."""
+        return cls(plain_copy(unwrap(policy).base_model))
 
     @classmethod
     def from_backbone(cls, path: str | Path) -> ValueModel:

@@ -42,6 +42,7 @@ from agents.common.checkpoint import (
 )
 from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
+from agents.common.lora import causal_lm, trainable_parameters
 from agents.common.policy import position_ids_from_mask
 from agents.common.precision import autocast
 from llm_env.tasks import read_jsonl
@@ -76,11 +77,11 @@ class OfflineConfig:
     """Forward-pass precision: auto | bf16 | fp32 (log-probs and losses stay fp32; bf16
     autocast is ~10x slower than fp32 for tiny models on CPU)."""
     log_every: int = 10
-    """Log every this many steps."""
+    """Log every this many steps (0 = only at evaluations and the end)."""
     eval_every: int = 0
     """Evaluate every this many steps (0 = only at the end)."""
     save_every: int = 100
-    """Write an atomic checkpoint every this many steps (and at the end)."""
+    """Write an atomic checkpoint every this many steps (0 = only at the end)."""
     resume: bool = False
     """Continue from the run directory's last checkpoint."""
 
@@ -187,7 +188,7 @@ def sequence_logprobs(
 
     The LM head and the log-softmax run only on the scored positions (not on prompt or pad
     tokens) for the architectures in ``HEAD_ON_SCORED_ONLY``; other models go through their
-    full forward.
+    full forward. ``model`` may be a LoRA policy or its ``BaseWeightsReference`` (``causal_lm``).
     """
     mask = batch["loss_mask"].bool()
     targets = batch["input_ids"][:, 1:][mask]
@@ -197,12 +198,12 @@ def sequence_logprobs(
         "position_ids": position_ids_from_mask(batch["attention_mask"]),
         "use_cache": False,
     }
-    with autocast(precision):
-        if getattr(model.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
-            hidden = model.base_model(**inputs).last_hidden_state[:, :-1]
-            logits = model.get_output_embeddings()(hidden[mask])  # (scored tokens, vocab)
+    with autocast(precision), causal_lm(model) as lm:
+        if getattr(lm.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
+            hidden = lm.base_model(**inputs).last_hidden_state[:, :-1]
+            logits = lm.get_output_embeddings()(hidden[mask])  # (scored tokens, vocab)
         else:
-            logits = model(**inputs).logits[:, :-1][mask]
+            logits = lm(**inputs).logits[:, :-1][mask]
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     logprobs[mask] = -F.cross_entropy(logits.float(), targets, reduction="none")
     return logprobs
@@ -228,7 +229,7 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW; linear warm-up over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        trainable_parameters(model), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     warmup = max(config.warmup_steps, 0)
 
@@ -352,7 +353,7 @@ def fit(
         eval_due = evaluate is not None and (
             (config.eval_every > 0 and done % config.eval_every == 0) or last
         )
-        if done % config.log_every == 0 or eval_due or last:
+        if (config.log_every > 0 and done % config.log_every == 0) or eval_due or last:
             seconds = time.perf_counter() - tic
             metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             metrics["tokens"] = tokens
@@ -367,7 +368,7 @@ def fit(
             record(done, metrics)
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}")
             window, tic, tokens = [], time.perf_counter(), 0
-        if done % config.save_every == 0 or last:
+        if (config.save_every > 0 and done % config.save_every == 0) or last:
             save(done)
         if stop:
             break

@@ -37,6 +37,7 @@ from agents.common.checkpoint import (
 from agents.common.distributed import Distributed
 from agents.common.kl import exact_kl, make_kl_controller
 from agents.common.logging import RunLogger
+from agents.common.lora import BaseWeightsReference, LoraOptions, is_lora, save_policy, with_lora
 from agents.common.losses import entropy_from_logits
 from agents.common.policy import (
     SamplingConfig,
@@ -56,8 +57,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
-class OnlineConfig:
-    """Options every online agent (PPO, REINFORCE) shares."""
+class OnlineConfig(LoraOptions):
+    """Options every online agent (PPO, REINFORCE) shares (LoRA options included)."""
 
     seed: int = 0
     """Seeds prompt draws, sampling, minibatch order and initialisation."""
@@ -88,7 +89,8 @@ class OnlineConfig:
     no_eos_penalty: float = 0.0
     """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
     ref_policy: str | None = None
-    """Reference model directory (None = a frozen copy of the initial policy)."""
+    """Reference model directory (None = the initial policy: a frozen copy, or with LoRA the
+    base weights with the adapters disabled)."""
     precision: str = "auto"
     """"auto" | "bf16" | "fp32" for forward passes; log-probs, KL and losses are fp32."""
     save_every: int = 10
@@ -165,8 +167,11 @@ def draw_prompts(pool: tuple[str, ...], n: int, seed: int, iteration: int) -> li
 
 
 def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module:
-    """A frozen copy of the initial policy, or the causal LM saved at ``ref_policy``."""
-    if ref_policy is None:
+    """A frozen copy of the initial policy (for a LoRA policy: its base weights, adapters
+    disabled, no copy), or the causal LM saved at ``ref_policy``."""
+    if ref_policy is None and is_lora(policy):
+        ref = BaseWeightsReference(policy)
+    elif ref_policy is None:
         ref = copy.deepcopy(policy)
     else:
         ref, ref_tokenizer = load_policy(ref_policy)
@@ -200,6 +205,7 @@ class OnlineAgent:
         self.dist.check_divisible(batch_size=config.batch_size)
         torch.manual_seed(config.seed)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
+        self.policy = with_lora(self.policy, config)
         self.policy.eval()  # dropout off: π_θ/π_old must be exactly 1 before the first update
         self.ref = load_reference(self.policy, self.tokenizer, config.ref_policy)
         env_kwargs = dict(env_kwargs or {})
@@ -418,9 +424,10 @@ class OnlineAgent:
         return self.history
 
     def save(self, path: str | Path) -> None:
-        """The policy (``from_pretrained`` loadable) and its tokenizer (main process only)."""
+        """The policy (``from_pretrained`` loadable; LoRA merged, adapter in ``adapter/``) and
+        its tokenizer (main process only)."""
         if not self.dist.is_main:
             return
         path = Path(path)
-        self.policy.save_pretrained(path, safe_serialization=True)
+        save_policy(self.policy, path)
         self.tokenizer.save_pretrained(path)

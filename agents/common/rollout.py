@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from agents.common.lora import unwrap
 from agents.common.policy import SamplingConfig, position_ids_from_mask, process_logits
 from agents.common.precision import autocast
 from llm_env.vector import TokenMDPVectorEnv
@@ -62,8 +63,12 @@ class Rollout:
 
 
 def cache_argument(model: torch.nn.Module) -> str:
-    """The forward() keyword of the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The forward() keyword of the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``.
+
+    Read from the ``transformers`` model itself: a LoRA (peft) wrapper's ``forward`` takes
+    ``**kwargs`` and passes them on, so its own signature names neither."""
+    forward = unwrap(model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def output_cache(out):

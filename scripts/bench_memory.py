@@ -1,0 +1,173 @@
+"""Peak memory and full model copies of PPO, REINFORCE and DPO, with and without LoRA adapters.
+
+Each setup runs in a fresh subprocess: it builds a GPT-2 large enough for its weights to
+dominate memory (``--n-layer`` × ``--n-embd``, default 4 × 768, ~31M parameters), resets the
+peak-RSS counter (``/proc/self/clear_refs``), builds the agent and trains it for a couple of
+iterations through ``learn()`` (final save included), then reads the peak (``VmHWM``). One line
+per setup:
+
+- ``peak_rss``: peak resident memory of the process; ``over_base``: the part above the RSS
+  before the agent was built (one copy of the model already loaded, plus Python and torch):
+  model copies, gradients, optimiser states, activations, the env and its reward model;
+- ``copies``: full model copies the agent holds, i.e. the bytes of the distinct parameter
+  storages of policy, reference and critic (adapters and value head excluded) divided by one
+  model's. DPO without LoRA counts its reference as it loads it from disk (for the reference
+  log-probs and at each evaluation; freed after each use);
+- ``trainable``: parameters the optimisers update; ``vs_full``: peak_rss and over_base
+  relative to the same agent's full fine-tuning setup of this run (the reference for LoRA).
+
+  python scripts/bench_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import llm_env
+from agents.common.lora import BaseWeightsReference
+from agents.common.policy import set_num_threads
+from agents.dpo import DPO, DPOConfig
+from agents.ppo import PPO, PPOConfig
+from agents.reinforce import Reinforce, ReinforceConfig
+from llm_env.tasks import make_task
+
+SETUPS = ("ppo-full", "ppo-lora", "reinforce-full", "reinforce-lora", "dpo-full", "dpo-lora")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mib(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` (peak) of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Make ``VmHWM`` restart from the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def model_copies(models: list, one_model_bytes: int) -> float:
+    """Bytes of the distinct base-weight storages of ``models`` over one model's bytes."""
+    storages = {}
+    for model in models:
+        if isinstance(model, BaseWeightsReference):
+            model = model.policy
+        for name, p in model.named_parameters():
+            if "lora_" not in name and "value_head" not in name:
+                storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+    return sum(storages.values()) / one_model_bytes
+
+
+def run_setup(setup: str, args: argparse.Namespace) -> dict:
+    """Build and train one setup in this process; return its measurements."""
+    set_num_threads(args.threads)
+    agent_name, mode = setup.split("-")
+    lora = {"lora_r": args.lora_r} if mode == "lora" else {}
+    task = make_task("sentiment")
+    tokenizer = task.tokenizer()
+    policy = llm_env.tiny_gpt2(
+        tokenizer, n_layer=args.n_layer, n_head=args.n_embd // 64, n_embd=args.n_embd
+    )
+    one_model = sum(p.numel() * p.element_size() for p in policy.parameters())
+    env = {"task": "sentiment", "max_new_tokens": 8}
+    online = dict(save_every=0, log_every=0)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"bench-memory-{setup}-"))
+    common = dict(precision="fp32", seed=0, **lora)
+    base_rss = rss_mib("VmRSS")
+    reset_peak_rss()
+    if agent_name == "dpo":
+        prompts = task.prompts("train")[:64]
+        pairs = [(p, " a lovely, warm film", " a dull and tiring mess") for p in prompts]
+        config = DPOConfig(
+            batch_size=4, max_steps=args.iterations, eval_prompts=0, max_length=32,
+            log_every=1, save_every=1000, **common,
+        )  # fmt: skip
+        agent = DPO(policy, tokenizer, pairs, config, run_dir)
+        agent.learn()
+        models = [agent.policy, agent.reference_model()]
+        trainable = [agent.policy]
+    else:
+        if agent_name == "ppo":
+            config = PPOConfig(batch_size=8, minibatch_size=4, epochs=2, **online, **common)
+            agent = PPO(policy, tokenizer, env, config, run_dir)
+            models = [agent.policy, agent.ref, agent.critic]
+            trainable = [agent.policy, agent.critic]
+        else:
+            config = ReinforceConfig(batch_size=2, k=4, minibatch_size=8, **online, **common)
+            agent = Reinforce(policy, tokenizer, env, config, run_dir)
+            models, trainable = [agent.policy, agent.ref], [agent.policy]
+        agent.learn(total_prompts=config.batch_size * args.iterations)
+    peak = rss_mib("VmHWM")
+    return {
+        "setup": setup,
+        "peak_rss_mib": peak,
+        "over_base_mib": peak - base_rss,
+        "copies": model_copies(models, one_model),
+        "trainable": sum(p.numel() for m in trainable for p in m.parameters() if p.requires_grad),
+        "model_params": sum(p.numel() for p in policy.parameters()),
+    }
+
+
+def measure_in_subprocess(setup: str, args: argparse.Namespace) -> dict:
+    """``run_setup`` in a fresh interpreter, so no setup inherits another's memory."""
+    cmd = [sys.executable, "-m", "scripts.bench_memory", "--setup", setup]
+    cmd += ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd)]
+    cmd += ["--iterations", str(args.iterations), "--lora-r", str(args.lora_r)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"setup {setup} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summary_line(result: dict, full: dict | None) -> str:
+    line = (
+        f"{result['setup']:<15} peak_rss={result['peak_rss_mib']:7.1f} MiB "
+        f"over_base={result['over_base_mib']:7.1f} MiB copies={result['copies']:.2f} "
+        f"trainable={result['trainable'] / 1e6:7.3f}M"
+    )
+    if full is not None:
+        line += (
+            f" vs_full: peak_rss x{result['peak_rss_mib'] / full['peak_rss_mib']:.2f}"
+            f" over_base x{result['over_base_mib'] / full['over_base_mib']:.2f}"
+        )
+    return line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--setup", choices=SETUPS, help="run only this setup, in this process")
+    parser.add_argument("--n-layer", type=int, default=4, help="GPT-2 layers (default: 4)")
+    parser.add_argument("--n-embd", type=int, default=512, help="GPT-2 width (default: 512)")
+    parser.add_argument(
+        "--iterations", type=int, default=2, help="training iterations / steps (default: 2)"
+    )
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: every core)")
+    args = parser.parse_args(argv)
+    if args.setup:
+        print(json.dumps(run_setup(args.setup, args)))
+        return
+    results: dict[str, dict] = {}
+    for setup in SETUPS:
+        results[setup] = measure_in_subprocess(setup, args)
+        agent_name, mode = setup.split("-")
+        full = results.get(f"{agent_name}-full") if mode == "lora" else None
+        print(summary_line(results[setup], full), flush=True)
+    params = results[SETUPS[0]]["model_params"]
+    print(f"model: GPT-2 {args.n_layer} x {args.n_embd}, {params / 1e6:.1f}M parameters "
+          f"({params * 4 / 2**20:.0f} MiB fp32); LoRA r={args.lora_r} on all linear layers")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
