@@ -50,13 +50,13 @@ def pairs(task) -> list[tuple[str, str, str]]:
     return [(p, c, str(int(c) + 1)) for p, c in task.demonstrations]
 
 
-def ppo(out: Path, name: str, total_iterations: int, resume: bool = False) -> PPO:
+def ppo(out: Path, name: str, total_iterations: int, resume: bool = False, lora_r: int = 0) -> PPO:
     task = make_task("arithmetic", max_operand=9)
     tokenizer = task.tokenizer()
     config = PPOConfig(
         batch_size=PPO_BATCH, minibatch_size=4, epochs=2, learning_rate=1e-3, precision="fp32",
         kl_target=0.5, kl_horizon=100, save_every=1, log_every=0, resume=resume,
-        total_prompts=PPO_BATCH * PPO_ITERATIONS,
+        total_prompts=PPO_BATCH * PPO_ITERATIONS, lora_r=lora_r,
     )  # fmt: skip
     agent = PPO(tiny_policy(tokenizer), tokenizer, ENV, config, run_dir=out / name / "run")
     agent.learn(total_prompts=PPO_BATCH * total_iterations)
@@ -139,6 +139,7 @@ def first(out: Path) -> None:
 
     ppo(out, "ppo-full", PPO_ITERATIONS)
     ppo(out, "ppo-resumed", PPO_ITERATIONS // 2)  # "killed" after its checkpoint at half-way
+    ppo(out, "ppo-lora", 2, lora_r=4)
     dist.barrier()
 
 

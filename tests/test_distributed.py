@@ -28,6 +28,7 @@ AGENTS = {
     "reinforce": ["policy"],
     "ppo-full": ["policy", "critic"],
     "ppo-resumed": ["policy", "critic"],
+    "ppo-lora": ["policy", "critic"],
 }
 
 
@@ -87,6 +88,14 @@ def test_every_process_ends_with_the_same_parameters(two_process_run):
         if agent in ("dpo", "reinforce", "ppo-full"):  # trained from the same fresh init
             rank0 = params(two_process_run / agent / "policy" / "rank0.safetensors")
             assert any(not torch.equal(rank0[k], init[k]) for k in init), f"{agent} did not train"
+    lora = params(two_process_run / "ppo-lora" / "policy" / "rank0.safetensors")
+    adapters = [v for k, v in lora.items() if "lora_B" in k]  # zero-initialised
+    assert adapters and any(v.abs().max() > 0 for v in adapters), "the adapters did not train"
+    base = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in lora.items()
+    }
+    for name, value in init.items():  # the base weights are frozen
+        assert torch.equal(base[name], value), name
 
 
 @pytest.mark.slow
