@@ -35,7 +35,7 @@ from agents.common.offline import (
     sequence_logprobs,
     training_state,
 )
-from agents.common.policy import SamplingConfig, check_same_tokenizer, load_policy
+from agents.common.policy import SamplingConfig, check_same_tokenizer, load_policy, to_device
 from agents.common.precision import resolve_precision
 from llm_env.vector import TokenMDPVectorEnv
 
@@ -162,6 +162,7 @@ class DPO(OfflineModel):
         self.precision = resolve_precision(self.config.precision)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
         self.policy = with_lora(self.policy, self.config)
+        self.dist.place(self.policy)
         triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
         prompts, chosen, rejected = (list(x) for x in zip(*triples))
         n = self.config.max_length
@@ -191,7 +192,7 @@ class DPO(OfflineModel):
     def pair_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Chosen rows then rejected rows, right-padded together: (2·pairs, L)."""
         rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
-        return pad_batch(rows, self.tokenizer.pad_token_id)
+        return to_device(pad_batch(rows, self.tokenizer.pad_token_id), self.dist.device)
 
     def pair_logps(
         self, forward: torch.nn.Module, indices: np.ndarray
@@ -217,7 +218,8 @@ class DPO(OfflineModel):
         starts = self.dist.shard(range(0, len(order), batch_size))
         for start in tqdm(starts, desc="reference log-probs", disable=not self.dist.is_main):
             idx = order[start : start + batch_size]
-            chosen[idx], rejected[idx], _ = self.pair_logps(ref, idx)
+            chosen_logps, rejected_logps, _ = self.pair_logps(ref, idx)
+            chosen[idx], rejected[idx] = chosen_logps.cpu(), rejected_logps.cpu()
         return self.dist.all_sum(chosen), self.dist.all_sum(rejected)
 
     def reference_model(self) -> torch.nn.Module:
@@ -225,12 +227,14 @@ class DPO(OfflineModel):
         policy's base weights (``BaseWeightsReference``, no copy)."""
         if self.ref_dir is None:
             return BaseWeightsReference(self.policy)
-        return load_policy(self.ref_dir, self.tokenizer)[0].eval()
+        return load_policy(self.ref_dir, self.tokenizer)[0].eval().to(self.dist.device)
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected, tokens = self.pair_logps(self.train_logprobs, indices)
+        ref_chosen = self.ref_chosen_logps[indices].to(chosen.device)  # kept on the CPU
+        ref_rejected = self.ref_rejected_logps[indices].to(chosen.device)
         loss, stats = dpo_loss(
-            chosen, rejected, self.ref_chosen_logps[indices], self.ref_rejected_logps[indices],
+            chosen, rejected, ref_chosen, ref_rejected,
             self.config.beta, self.config.loss_type, self.config.label_smoothing,
         )  # fmt: skip
         return loss, {**stats, "kl/beta": self.config.beta, "tokens": tokens}

@@ -110,6 +110,7 @@ class PPO(OnlineAgent):
         else:
             self.critic = ValueModel.from_backbone(config.critic_init)
         self.critic.eval()
+        self.dist.place(self.critic)
         self.dist.check_divisible(minibatch_size=config.minibatch_size)
         self.train_forward = self.dist.prepare(
             policy_logits_and_values, policy=self.policy, critic=self.critic
@@ -146,7 +147,10 @@ class PPO(OnlineAgent):
         self._check_finite("reward (KL-penalised, per token)", rewards)
         last_values = None
         if cfg.bootstrap_truncated:
-            last_values = all_values[torch.arange(len(mask)), roll.lengths.long()] * truncated
+            last_values = (
+                all_values[torch.arange(len(mask), device=mask.device), roll.lengths.long()]
+                * truncated
+            )
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam, last_values)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask, all_sum=self.dist.all_sum)

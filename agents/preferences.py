@@ -83,7 +83,7 @@ def sample_completions(
         chunk += [chunk[-1]] * (B - n)  # fill the lockstep batch; the extras are dropped
         batch = rollout(policy, env, sampling, generator, chunk, seed + start, precision)
         completions += batch.completions[:n]
-        rewards.append(batch.rewards[:n].numpy())
+        rewards.append(batch.rewards[:n].cpu().numpy())
     return completions, np.concatenate(rewards)
 
 

@@ -25,7 +25,7 @@ from agents.common.offline import (
     pad_batch,
     sequence_logprobs,
 )
-from agents.common.policy import load_policy
+from agents.common.policy import load_policy, to_device
 from agents.common.precision import resolve_precision
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task
@@ -92,10 +92,12 @@ class SFT(OfflineModel):
         self.heldout = [encoded[i] for i in order[:n_heldout]]
         self.train_rows = [encoded[i] for i in order[n_heldout:]]
         self.dist = Distributed()
+        self.dist.place(self.policy)
         self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
 
     def batch(self, rows: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        return pad_batch(rows, self.tokenizer.pad_token_id, self.config.train_on_prompt)
+        batch = pad_batch(rows, self.tokenizer.pad_token_id, self.config.train_on_prompt)
+        return to_device(batch, self.dist.device)
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.batch([self.train_rows[i] for i in indices])

@@ -26,6 +26,7 @@ from agents.common.callbacks import OfflineModel
 from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
 from agents.common.offline import OfflineConfig, fit, load_preference_pairs
+from agents.common.policy import to_device
 from agents.common.precision import autocast, resolve_precision
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
 
@@ -62,7 +63,7 @@ def sequence_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).last_hidden_state  # (batch, seq, d)
     last = batch["attention_mask"].sum(dim=1) - 1  # right padding: last real position
-    h = hidden[torch.arange(hidden.shape[0]), last]
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     return model.score(h).squeeze(-1).float()
 
 
@@ -129,7 +130,7 @@ class LearnedRewardModel:
                 self.tokenizer, prompts[start:stop], completions[start:stop], self.max_length
             )
             out.append(sequence_scores(self.model, batch))
-        raw = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        raw = torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
         return ((raw - self.mean) / self.std).astype(np.float32)
 
 
@@ -211,11 +212,13 @@ class RewardModelTrainer(OfflineModel):
             raise ValueError(f"{len(self.pairs)} pair(s): nothing left to train on after hold-out")
         self.mean, self.std = 0.0, 1.0
         self.dist = Distributed()
+        self.dist.place(self.model)
         self.train_scores = self.dist.prepare(batch_scores, model=self.model)
 
     def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         """Raw (unnormalised) fp32 scores, shape (N,), with gradients."""
         batch = encode_texts(self.tokenizer, prompts, completions, self.config.max_length)
+        batch = to_device(batch, self.dist.device)
         return batch_scores(self.model, batch, self.precision)
 
     def pair_rewards(
@@ -231,6 +234,7 @@ class RewardModelTrainer(OfflineModel):
         batch = encode_texts(
             self.tokenizer, prompts + prompts, chosen + rejected, self.config.max_length
         )
+        batch = to_device(batch, self.dist.device)
         if train:
             rewards = self.train_scores(batch, self.precision)
         else:
@@ -249,9 +253,16 @@ class RewardModelTrainer(OfflineModel):
         ordering, on pairs whose gold scores differ)."""
         self.model.eval()
         idx = self.heldout_idx if len(self.heldout_idx) else self.train_idx
-        margins = torch.cat(
-            [torch.sub(*self.pair_rewards(idx[s : s + 128])[:2]) for s in range(0, len(idx), 128)]
-        ).numpy()
+        margins = (
+            torch.cat(
+                [
+                    torch.sub(*self.pair_rewards(idx[s : s + 128])[:2])
+                    for s in range(0, len(idx), 128)
+                ]
+            )
+            .cpu()
+            .numpy()
+        )
         out = {"rm/heldout_accuracy": float(np.mean(margins > 0))}
         if self.gold is not None:
             gold_margin = self.gold[idx, 0] - self.gold[idx, 1]
@@ -267,9 +278,11 @@ class RewardModelTrainer(OfflineModel):
         """Mean and std of the raw scores on the distinct completions of the pairs (SFT samples)."""
         self.model.eval()
         texts = sorted({(p, c) for p, chosen, rejected in self.pairs for c in (chosen, rejected)})
-        raw = torch.cat(
-            [self.scores(*zip(*texts[s : s + 128])) for s in range(0, len(texts), 128)]
-        ).numpy()
+        raw = (
+            torch.cat([self.scores(*zip(*texts[s : s + 128])) for s in range(0, len(texts), 128)])
+            .cpu()
+            .numpy()
+        )
         return float(raw.mean()), float(max(raw.std(), 1e-6))
 
     def learn(self, callback=None) -> dict[str, float]:

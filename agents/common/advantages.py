@@ -68,7 +68,7 @@ def kl_penalised_rewards(
     ``scores``: (batch,) sequence reward; ``kl``: (batch, T) per-token log-ratio; → (batch, T).
     """
     rewards = -beta * kl * mask
-    rows = torch.arange(len(scores))
+    rows = torch.arange(len(scores), device=scores.device)
     rewards[rows, last_token_index(mask)] += scores
     return rewards
 

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.common.precision import compute_device
+
 # Metrics whose value across processes is a sum (counts), not a mean.
 SUMMED_METRICS = frozenset({"episode/tokens", "tokens"})
 
@@ -68,7 +70,7 @@ class Distributed:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        self.accelerator = Accelerator(cpu=True)
+        self.accelerator = Accelerator(cpu=compute_device() == "cpu")
         supported = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU}
         kind = self.accelerator.distributed_type
         if kind not in supported:
@@ -83,7 +85,13 @@ class Distributed:
 
     @property
     def device(self) -> torch.device:
+        """This process's device: its GPU under a multi-GPU launch, else the CPU."""
         return self.accelerator.device
+
+    def place(self, *models: nn.Module) -> None:
+        """Move ``models`` to this process's device (in place)."""
+        for model in models:
+            model.to(self.device)
 
     # -- shards ---------------------------------------------------------------------------------
     def check_divisible(self, **sizes: int) -> None:
@@ -114,17 +122,23 @@ class Distributed:
 
     # -- collectives ----------------------------------------------------------------------------
     def all_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum over processes (a new tensor; the input is left alone)."""
+        """Element-wise sum over processes, on ``x``'s device (a new tensor; the input is left
+        alone). The collective itself runs on this process's device (NCCL needs GPU tensors)."""
         if self.world_size == 1:
             return x
-        out = x.detach().clone()
+        out = x.detach().to(self.device, copy=True)
         torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
-        return out
+        return out.to(x.device)
 
     def mean(self, x: torch.Tensor) -> float:
         """Mean of all elements of ``x`` over every process."""
         sums = self.all_sum(
-            torch.stack([x.detach().float().sum(), torch.tensor(x.numel(), dtype=torch.float32)])
+            torch.stack(
+                [
+                    x.detach().float().sum(),
+                    torch.tensor(x.numel(), dtype=torch.float32, device=x.device),
+                ]
+            )
         )
         return (sums[0] / sums[1].clamp(min=1)).item()
 

@@ -82,14 +82,14 @@ def evaluate(
         n = min(B, len(prompts) - start)
         batch = rollout(policy, env, sampling, generator, prompts=chunk, seed=seed + start)
         kl = (
-            torch.zeros(B)
+            torch.zeros(B, device=batch.rewards.device)
             if ref_policy is None
             else sequence_kl(policy, ref_policy, batch, sampling)
         )
-        gold.append(batch.gold_rewards[:n].numpy())
-        train.append(batch.rewards[:n].numpy())
-        kls.append(kl[:n].numpy())
-        lengths.append(batch.lengths[:n].numpy())
+        gold.append(batch.gold_rewards[:n].cpu().numpy())
+        train.append(batch.rewards[:n].cpu().numpy())
+        kls.append(kl[:n].cpu().numpy())
+        lengths.append(batch.lengths[:n].cpu().numpy())
         for name, model in (extra_reward_models or {}).items():
             extra[name].append(checked_score(model, batch.prompts[:n], batch.completions[:n]))
         for i in range(min(n, n_samples - len(samples))):

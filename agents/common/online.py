@@ -207,7 +207,9 @@ class OnlineAgent:
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
         self.policy = with_lora(self.policy, config)
         self.policy.eval()  # dropout off: π_θ/π_old must be exactly 1 before the first update
+        self.dist.place(self.policy)
         self.ref = load_reference(self.policy, self.tokenizer, config.ref_policy)
+        self.dist.place(self.ref)
         env_kwargs = dict(env_kwargs or {})
         if reward_model is not None:
             env_kwargs["reward_model"] = reward_model

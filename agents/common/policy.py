@@ -106,6 +106,16 @@ def gather_logprobs(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     return log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s weights (where its inputs must be)."""
+    return next(model.parameters()).device
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of ``batch`` on ``device``."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def completion_logits(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
 ) -> torch.Tensor:

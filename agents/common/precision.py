@@ -25,8 +25,15 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: str = "cpu") -> str:
+def compute_device() -> str:
+    """Where the agents run their models: ``"cuda"`` when a GPU is visible, else ``"cpu"``
+    (the device ``agents.common.distributed.Distributed`` places them on)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str, device: str | None = None) -> str:
     """``"auto"`` → ``"bf16"`` where supported, else ``"fp32"``; explicit values are checked."""
+    device = device or compute_device()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     supported = torch.cuda.is_bf16_supported() if device.startswith("cuda") else cpu_supports_bf16()
@@ -35,8 +42,10 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     return precision
 
 
-def autocast(precision: str, device: str = "cpu") -> contextlib.AbstractContextManager:
-    """A context manager running the forward pass in ``precision`` (already resolved)."""
+def autocast(precision: str, device: str | None = None) -> contextlib.AbstractContextManager:
+    """A context manager running the forward pass in ``precision`` (already resolved) on
+    ``device`` (default: ``compute_device()``)."""
+    device = device or compute_device()
     if precision == "bf16":
         return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -15,7 +15,12 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from agents.common.lora import unwrap
-from agents.common.policy import SamplingConfig, position_ids_from_mask, process_logits
+from agents.common.policy import (
+    SamplingConfig,
+    model_device,
+    position_ids_from_mask,
+    process_logits,
+)
 from agents.common.precision import autocast
 from llm_env.vector import TokenMDPVectorEnv
 
@@ -55,7 +60,7 @@ class Rollout:
     @property
     def terminated(self) -> torch.Tensor:
         """(B,) True where the episode ended on EOS (False: truncated at the length limit)."""
-        return torch.tensor([r == "eos" for r in self.finish_reasons])
+        return torch.tensor([r == "eos" for r in self.finish_reasons], device=self.rewards.device)
 
     @property
     def num_tokens(self) -> int:
@@ -98,7 +103,8 @@ def sample_tokens(
     """
     log_probs = torch.log_softmax(process_logits(logits, sampling), dim=-1)
     cdf = log_probs.exp().cumsum(dim=-1)
-    u = torch.rand((cdf.shape[0], 1), generator=generator) * cdf[:, -1:]
+    # drawn on the CPU from the (CPU, checkpointed) generator whatever the model's device
+    u = torch.rand((cdf.shape[0], 1), generator=generator).to(cdf.device) * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
@@ -123,16 +129,18 @@ def rollout(
     pad_id = env.tokenizer.pad_token_id
     options = {"prompts": prompts} if prompts is not None else None
     obs, info = env.reset(seed=seed, options=options)
+    device = model_device(model)
     prompt_ids, prompt_mask = left_pad_prompts(obs, info["prompt_length"], pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     B, width = prompt_ids.shape
     max_new = env.setup.max_new_tokens
-    tokens = torch.full((B, max_new), pad_id, dtype=torch.long)
-    logprobs = torch.zeros((B, max_new), dtype=torch.float32)
+    tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((B, max_new), dtype=torch.float32, device=device)
     rewards = torch.zeros(B, dtype=torch.float32)
     gold = torch.full((B,), float("nan"), dtype=torch.float32)
     completions, reasons = [""] * B, [""] * B
 
-    attention = torch.cat([prompt_mask, torch.zeros((B, max_new), dtype=torch.long)], dim=1)
+    attention = torch.cat([prompt_mask, prompt_mask.new_zeros((B, max_new))], dim=1)
     positions = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
     cache_arg = cache_argument(model)
     with autocast(precision):
@@ -143,13 +151,13 @@ def rollout(
             use_cache=True,
         )
     for t in range(max_new):
-        active = torch.from_numpy(env.active)
+        active = torch.from_numpy(env.active).to(device)
         new, new_logprobs = sample_tokens(out.logits[:, -1], sampling, generator)
         new = torch.where(active, new, pad_id)
         tokens[:, t] = new
         attention[:, width + t] = active.long()
         logprobs[:, t] = torch.where(active, new_logprobs, 0.0)
-        _, step_rewards, terminated, truncated, step_info = env.step(new.numpy())
+        _, step_rewards, terminated, truncated, step_info = env.step(new.cpu().numpy())
         for i in np.flatnonzero(terminated | truncated):
             rewards[i] = float(step_rewards[i])
             completions[i] = step_info["completion"][i]
@@ -175,8 +183,8 @@ def rollout(
         prompt_width=width,
         completion_mask=attention[:, width : width + T].float(),
         logprobs=logprobs[:, :T],
-        rewards=rewards,
-        gold_rewards=gold,
+        rewards=rewards.to(device),
+        gold_rewards=gold.to(device),
         prompts=[str(p) for p in info["prompt"]],
         completions=completions,
         finish_reasons=reasons,
