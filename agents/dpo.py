@@ -180,11 +180,9 @@ class DPO(OfflineModel):
             self.ref_dir = Path(policy)
         else:  # a model object: keep a copy on disk, the policy's weights are about to change
             self.ref_dir = self.run_dir / REFERENCE_DIR
-            if self.dist.is_main and not (self.ref_dir / "config.json").is_file():
+            if not (self.ref_dir / "config.json").is_file():
                 ref = ref_policy if ref_policy is not None else self.policy
-                ref.save_pretrained(self.ref_dir, safe_serialization=True)
-                self.tokenizer.save_pretrained(self.ref_dir)
-            self.dist.barrier()
+                self.dist.on_main(lambda: save_policy(ref, self.ref_dir, self.tokenizer))
         self.eval_env_kwargs = eval_env_kwargs
         self.ref_chosen_logps = self.ref_rejected_logps = None
         self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
@@ -287,10 +285,7 @@ class DPO(OfflineModel):
         """``save_pretrained`` (safetensors) policy + tokenizer (LoRA: merged, adapter in
         ``adapter/``). Written by the main process; every process returns once it exists."""
         path = Path(path)
-        if self.dist.is_main:
-            save_policy(self.policy, path)
-            self.tokenizer.save_pretrained(path)
-        self.dist.barrier()
+        self.dist.on_main(lambda: save_policy(self.policy, path, self.tokenizer))
         return path
 
     @staticmethod

@@ -214,10 +214,9 @@ class PPO(OnlineAgent):
 
     def save(self, path: str | Path) -> None:
         """Policy + tokenizer in ``path`` (``from_pretrained`` loadable), critic in ``path/critic``
-        (main process only)."""
+        (written by the main process)."""
         super().save(path)
-        if self.dist.is_main:
-            self.critic.save_pretrained(Path(path) / "critic")
+        self.dist.on_main(lambda: self.critic.save_pretrained(Path(path) / "critic"))
 
     @classmethod
     def load(

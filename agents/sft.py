@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from agents.common.callbacks import OfflineModel
 from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
+from agents.common.lora import save_policy
 from agents.common.offline import (
     OfflineConfig,
     encode_examples,
@@ -143,10 +144,7 @@ class SFT(OfflineModel):
         """``save_pretrained`` (safetensors) policy + tokenizer: loadable with ``load_policy``.
         Written by the main process; every process returns once it exists."""
         path = Path(path)
-        if self.dist.is_main:
-            self.policy.save_pretrained(path, safe_serialization=True)
-            self.tokenizer.save_pretrained(path)
-        self.dist.barrier()
+        self.dist.on_main(lambda: save_policy(self.policy, path, self.tokenizer))
         return path
 
     @staticmethod

@@ -315,11 +315,13 @@ class RewardModelTrainer(OfflineModel):
         (path) then scores text with it. Written by the main process; every process returns
         once it exists."""
         path = Path(path)
-        if self.dist.is_main:
+
+        def write() -> None:
             self.model.save_pretrained(path, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
             (path / NORM_FILE).unlink(missing_ok=True)
             if self.config.normalize:
                 (path / NORM_FILE).write_text(json.dumps({"mean": self.mean, "std": self.std}))
-        self.dist.barrier()
+
+        self.dist.on_main(write)
         return path

@@ -31,6 +31,7 @@ from reward_models.base import FunctionRewardModel
 from scripts import dpo as dpo_script
 from scripts import ppo as ppo_script
 from tests import toy
+from tests.interrupt import learn_until_killed
 from tests.test_dpo import sequence_logp
 
 # an untrained policy never answers right (reward 0 everywhere, nothing to learn): reward length
@@ -195,18 +196,7 @@ def test_lora_resume_after_kill_reproduces_uninterrupted_run(tmp_path, arithmeti
     full = make(tmp_path / "full")
     reference = full.learn()
 
-    killed = make(tmp_path / "resumed")
-    original, calls = killed._iteration, {"n": 0}
-
-    def dies_on_fourth():
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original()
-
-    killed._iteration = dies_on_fourth
-    with pytest.raises(KeyboardInterrupt):
-        killed.learn()
+    learn_until_killed(make(tmp_path / "resumed"), iteration=4)
     checkpoint = tmp_path / "resumed" / "checkpoint"
     assert load_checkpoint_state(checkpoint)["iteration"] == 2
     assert (checkpoint / "policy" / "adapter_model.safetensors").is_file()

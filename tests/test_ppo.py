@@ -17,6 +17,7 @@ from agents.common.online import TrainingStopped
 from agents.ppo import PPO, PPOConfig
 from reward_models.base import FunctionRewardModel
 from tests import toy
+from tests.interrupt import learn_until_killed
 
 ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
 VOLATILE = ("perf/", "time/")
@@ -68,19 +69,7 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, arithmetic_tok
     full = make(tmp_path / "full")
     reference = full.learn()
 
-    killed = make(tmp_path / "resumed")
-    original = killed._iteration
-    calls = {"n": 0}
-
-    def dies_on_fourth():
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original()
-
-    killed._iteration = dies_on_fourth
-    with pytest.raises(KeyboardInterrupt):
-        killed.learn()
+    learn_until_killed(make(tmp_path / "resumed"), iteration=4)
     assert load_checkpoint_state(tmp_path / "resumed" / "checkpoint")["iteration"] == 2
 
     resumed = make(tmp_path / "resumed", resume=True)

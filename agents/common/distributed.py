@@ -168,6 +168,13 @@ class Distributed:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def on_main(self, write: Callable[[], Any]) -> None:
+        """Run ``write`` (saving files) on the main process only; every process returns once it
+        is done, so what it wrote exists for all of them."""
+        if self.is_main:
+            write()
+        self.barrier()
+
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Each metric averaged over the processes that report it (``SUMMED_METRICS`` summed)."""
         if self.world_size == 1:

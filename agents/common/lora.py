@@ -235,13 +235,15 @@ def merged_state_dict(policy: PeftModel) -> dict[str, torch.Tensor]:
     return merged
 
 
-def save_policy(model: nn.Module, path: str | Path) -> None:
-    """``save_pretrained`` (safetensors) of a policy as a plain model.
+def save_policy(model: nn.Module, path: str | Path, tokenizer=None) -> None:
+    """``save_pretrained`` (safetensors) of a policy as a plain model, with ``tokenizer``.
 
     A LoRA policy is saved merged (``from_pretrained`` loadable, no ``peft`` needed), and its
     adapter alone goes to ``path/adapter`` (``PeftModel.from_pretrained(base, path/adapter)``).
     """
     path = Path(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
     if not is_lora(model):
         model.save_pretrained(path, safe_serialization=True)
         return

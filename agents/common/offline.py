@@ -306,9 +306,7 @@ def fit(
             "history": history,
             **(extra_state or {}),
         }
-        if main:
-            save_checkpoint(ckpt, {"policy": model}, state, tokenizer=tokenizer)
-        dist.barrier()
+        dist.on_main(lambda: save_checkpoint(ckpt, {"policy": model}, state, tokenizer=tokenizer))
 
     def record(step: int, metrics: dict[str, float]) -> None:
         metrics = {"step": step, "examples": examples_at(step), **metrics}

@@ -339,9 +339,9 @@ class OnlineAgent:
             "history": self.history,
             "extra": self._extra_state(),
         }
-        if self.dist.is_main:
-            save_checkpoint(self.checkpoint_dir, self._models(), state, self.tokenizer)
-        self.dist.barrier()
+        self.dist.on_main(
+            lambda: save_checkpoint(self.checkpoint_dir, self._models(), state, self.tokenizer)
+        )
         return self.checkpoint_dir
 
     def restore_checkpoint(self, path: Path | None = None) -> None:
@@ -427,9 +427,5 @@ class OnlineAgent:
 
     def save(self, path: str | Path) -> None:
         """The policy (``from_pretrained`` loadable; LoRA merged, adapter in ``adapter/``) and
-        its tokenizer (main process only)."""
-        if not self.dist.is_main:
-            return
-        path = Path(path)
-        save_policy(self.policy, path)
-        self.tokenizer.save_pretrained(path)
+        its tokenizer. Written by the main process; every process returns once it exists."""
+        self.dist.on_main(lambda: save_policy(self.policy, Path(path), self.tokenizer))
