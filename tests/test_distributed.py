@@ -32,12 +32,12 @@ AGENTS = {
 }
 
 
-def launch(out: Path, scenario: str) -> None:
-    """``accelerate launch`` the driver on 2 CPU processes (gloo); fail with its output."""
+def launch(script: Path, *args: str) -> None:
+    """``accelerate launch`` ``script`` on 2 CPU processes (gloo); fail with its output."""
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(DRIVER), str(out), scenario,
+        str(script), *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join([str(DRIVER.parents[1]), env.get("PYTHONPATH", "")])
@@ -52,9 +52,27 @@ def params(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("distributed")
-    launch(out, "first")
-    launch(out, "resume")
+    launch(DRIVER, str(out), "first")
+    launch(DRIVER, str(out), "resume")
     return out
+
+
+@pytest.mark.slow
+def test_the_dpo_script_runs_unchanged_under_accelerate_launch(two_process_run):
+    task = driver.make_task("arithmetic", max_operand=9)
+    pairs = two_process_run / "pairs.jsonl"
+    rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in driver.pairs(task)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = two_process_run / "dpo-cli"
+    launch(
+        DRIVER.parents[1] / "scripts" / "dpo.py", "--policy", str(two_process_run / "sft" / "final"),
+        "--pairs", str(pairs), "--task", "none", "--run-dir", str(run), "--max-steps", "3",
+        "--batch-size", "8", "--log-every", "1",
+    )  # fmt: skip
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [line["examples"] for line in lines] == [8, 16, 24]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert (run / "final" / "model.safetensors").is_file()
 
 
 def test_single_process_is_the_identity():

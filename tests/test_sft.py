@@ -176,3 +176,15 @@ def test_cross_entropy_of_uniform_model_is_log_vocab(arithmetic_tokenizer, tmp_p
     torch.nn.init.zeros_(model.lm_head.weight)  # tied: all logits 0 → uniform
     sft = SFT(model, arithmetic_tokenizer, [("1+2=", "3")] * 20, fast_config(), tmp_path)
     assert sft.heldout_ce() == pytest.approx(math.log(len(arithmetic_tokenizer)), rel=1e-5)
+
+
+def test_zero_log_and_save_intervals_mean_only_at_the_end(
+    arithmetic_task, arithmetic_tokenizer, tiny_policy, tmp_path
+):
+    config = SFTConfig(batch_size=16, max_steps=3, log_every=0, save_every=0, heldout_fraction=0)
+    sft = SFT(
+        tiny_policy, arithmetic_tokenizer, list(arithmetic_task.demonstrations), config, tmp_path
+    )
+    history = sft.learn()
+    assert [h["step"] for h in history] == [3]
+    assert load_checkpoint_state(tmp_path / "checkpoint")["step"] == 3
