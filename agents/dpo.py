@@ -180,9 +180,13 @@ class DPO(OfflineModel):
             self.ref_dir = Path(policy)
         else:  # a model object: keep a copy on disk, the policy's weights are about to change
             self.ref_dir = self.run_dir / REFERENCE_DIR
-            if not (self.ref_dir / "config.json").is_file():
-                ref = ref_policy if ref_policy is not None else self.policy
-                self.dist.on_main(lambda: save_policy(ref, self.ref_dir, self.tokenizer))
+            ref = ref_policy if ref_policy is not None else self.policy
+
+            def write_reference() -> None:  # the check too runs on the main process only
+                if not (self.ref_dir / "config.json").is_file():
+                    save_policy(ref, self.ref_dir, self.tokenizer)
+
+            self.dist.on_main(write_reference)
         self.eval_env_kwargs = eval_env_kwargs
         self.ref_chosen_logps = self.ref_rejected_logps = None
         self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
@@ -261,7 +265,7 @@ class DPO(OfflineModel):
         saves the final policy to ``run_dir/final``. ``callback``: Stable-Baselines3
         callback(s), see ``agents.common.callbacks``."""
         torch.manual_seed(self.config.seed)
-        state = training_state(self.run_dir) if self.config.resume else None
+        state = training_state(self.run_dir, self.dist) if self.config.resume else None
         if state is not None:
             self.ref_chosen_logps, self.ref_rejected_logps = (
                 state["ref_chosen"],

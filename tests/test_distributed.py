@@ -41,7 +41,7 @@ def launch(script: Path, *args: str) -> None:
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join([str(DRIVER.parents[1]), env.get("PYTHONPATH", "")])
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
 
@@ -178,3 +178,13 @@ def test_whitening_and_metrics_are_reduced_over_processes(two_process_run):
             "reward/gold": 5.0,  # only rank 1 knows it
         }
         assert summary["mean"] == pytest.approx(2 / 3)  # [0] and [1, 1]
+
+
+def test_a_checkpoint_only_some_processes_see_is_a_clear_error(monkeypatch, tmp_path):
+    dist = Distributed()
+    monkeypatch.setattr(dist, "gather_object", lambda found: [found, False, found])
+    assert not dist.found_checkpoint(tmp_path / "checkpoint")  # nobody has one: a fresh start
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"not to process\(es\) \[1\].*shares"):
+        dist.found_checkpoint(tmp_path / "checkpoint")

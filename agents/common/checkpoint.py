@@ -76,7 +76,10 @@ def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
         not (path / STATE_FILE).is_file()
         and (path.with_name(path.name + ".old") / STATE_FILE).is_file()
     ):
-        os.replace(path.with_name(path.name + ".old"), path)
+        try:
+            os.replace(path.with_name(path.name + ".old"), path)
+        except FileNotFoundError:  # another process of the same run moved it first
+            pass
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"no complete checkpoint at {path} (missing {STATE_FILE})")
     return torch.load(path / STATE_FILE, weights_only=True)

@@ -170,7 +170,8 @@ class Distributed:
 
     def on_main(self, write: Callable[[], Any]) -> None:
         """Run ``write`` (saving files) on the main process only; every process returns once it
-        is done, so what it wrote exists for all of them."""
+        is done, so what it wrote exists for all of them. Every process must call it
+        unconditionally (decide inside ``write`` whether to write)."""
         if self.is_main:
             write()
         self.barrier()
@@ -188,6 +189,21 @@ class Distributed:
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def found_checkpoint(self, path: str | os.PathLike) -> bool:
+        """Whether the checkpoint at ``path`` exists, agreed by every process: an error names
+        the processes that cannot see it (``--resume`` across machines needs the run directory
+        on a filesystem they share)."""
+        from agents.common.checkpoint import has_checkpoint
+
+        seen = self.gather_object(has_checkpoint(path))
+        if any(seen) and not all(seen):
+            missing = [rank for rank, found in enumerate(seen) if not found]
+            raise FileNotFoundError(
+                f"--resume: the checkpoint {path} is visible to some processes but not to "
+                f"process(es) {missing}; put the run directory on a filesystem every machine shares"
+            )
+        return all(seen)
+
     def gather_rng(self, state: dict[str, Any]) -> list[dict[str, Any]]:
         """Every process's RNG state, for the checkpoint (in rank order)."""
         return self.gather_object(state)

@@ -280,7 +280,7 @@ def fit(
     optimizer, scheduler = make_optimizer(model, config, len(schedule))
     ckpt = Path(run_dir) / CHECKPOINT_DIR
     start, history, window, tokens = 0, [], [], 0
-    if config.resume and has_checkpoint(ckpt):
+    if config.resume and dist.found_checkpoint(ckpt):
         state = load_checkpoint_state(ckpt)
         load_weights_into(model, ckpt / "policy")
         optimizer.load_state_dict(state["optimizer"])
@@ -385,7 +385,7 @@ def stop_message(what: str, value: float, step: int, ckpt: Path) -> str:
     return f"non-finite {what} ({value}) at step {step + 1}; training stopped; {kept}"
 
 
-def training_state(run_dir: Path) -> dict | None:
+def training_state(run_dir: Path, dist: Distributed) -> dict | None:
     """The last checkpoint's state of an offline run (``None`` when there is none)."""
     ckpt = Path(run_dir) / CHECKPOINT_DIR
-    return load_checkpoint_state(ckpt) if has_checkpoint(ckpt) else None
+    return load_checkpoint_state(ckpt) if dist.found_checkpoint(ckpt) else None

@@ -372,7 +372,7 @@ class OnlineAgent:
         """
         cfg = self.config
         total = int(total_prompts or cfg.total_prompts)
-        if cfg.resume and has_checkpoint(self.checkpoint_dir):
+        if cfg.resume and self.dist.found_checkpoint(self.checkpoint_dir):
             self.restore_checkpoint()
         main = self.dist.is_main
         logger = RunLogger(self.run_dir, cfg, enabled=main)
