@@ -204,10 +204,6 @@ class Distributed:
             )
         return all(seen)
 
-    def gather_rng(self, state: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every process's RNG state, for the checkpoint (in rank order)."""
-        return self.gather_object(state)
-
     def own_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | None:
         """This process's RNG state from a checkpoint's list (``None``: restart the stream)."""
         states = [saved] if isinstance(saved, dict) else list(saved)

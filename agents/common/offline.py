@@ -295,7 +295,7 @@ def fit(
         metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
     def save(step: int) -> None:
-        rngs = dist.gather_rng(rng_state())
+        rngs = dist.gather_object(rng_state())  # one per process
         state = {
             "step": step,
             "window": window,  # the steps since the last log point, so a resumed log matches

@@ -329,7 +329,7 @@ class OnlineAgent:
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Written by the main process only (every process must call it: it gathers the RNGs)."""
-        rngs = self.dist.gather_rng(rng_state(self.generator))
+        rngs = self.dist.gather_object(rng_state(self.generator))  # one per process
         state = {
             "iteration": self.iteration,
             "prompts_consumed": self.prompts_consumed,
