@@ -16,6 +16,7 @@ from agents.common.policy import load_policy
 from agents.dpo import DPO, DPOConfig, dpo_loss
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
+from tests.interrupt import learn_until_killed
 
 # two pairs: log-ratios chosen [0.5, 0.0], rejected [-0.5, -0.5] → h = [1.0, 0.5]
 POLICY_CHOSEN = torch.tensor([-1.0, -2.0])
@@ -169,7 +170,7 @@ def test_evaluation_through_env_logs_gold_and_kl_and_saves_final(
         assert torch.equal(p, q)
 
 
-def test_resume_reproduces_an_uninterrupted_run(arithmetic_tokenizer, monkeypatch, tmp_path):
+def test_resume_reproduces_an_uninterrupted_run(arithmetic_tokenizer, tmp_path):
     rows = [(f"{a}+{b}=", str(a + b), str(a + b + 1)) for a in range(1, 5) for b in range(1, 5)]
     config = DPOConfig(batch_size=4, epochs=2.0, log_every=2, save_every=3, eval_prompts=0)
 
@@ -180,18 +181,7 @@ def test_resume_reproduces_an_uninterrupted_run(arithmetic_tokenizer, monkeypatc
 
     full = make("full")
     full_history = full.learn()
-    original, calls = DPO.loss, {"n": 0}
-
-    def crash(self, indices):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(self, indices)
-
-    monkeypatch.setattr(DPO, "loss", crash)
-    with pytest.raises(KeyboardInterrupt):
-        make("cut").learn()
-    monkeypatch.setattr(DPO, "loss", original)
+    learn_until_killed(make("cut"), iteration=5, step="loss")
     resumed = make("cut", resume=True)
     history = resumed.learn()
     assert [(h["step"], h["loss/total"]) for h in history] == [

@@ -22,6 +22,7 @@ from agents.common.offline import (
 from agents.common.policy import load_policy
 from agents.sft import SFT, SFTConfig, sft_loss
 from llm_env.tasks import JsonlError
+from tests.interrupt import learn_until_killed
 
 
 def fast_config(**overrides) -> SFTConfig:
@@ -89,13 +90,7 @@ def test_sft_lowers_heldout_ce_and_saved_model_round_trips(
         assert torch.equal(model(input_ids=ids).logits, sft.policy(input_ids=ids).logits)
 
 
-class Interrupt(Exception):
-    pass
-
-
-def test_resume_reproduces_an_uninterrupted_run(
-    arithmetic_task, arithmetic_tokenizer, monkeypatch, tmp_path
-):
+def test_resume_reproduces_an_uninterrupted_run(arithmetic_task, arithmetic_tokenizer, tmp_path):
     data = list(arithmetic_task.demonstrations)
     config = fast_config(epochs=2.0, log_every=2, save_every=3)
 
@@ -106,19 +101,8 @@ def test_resume_reproduces_an_uninterrupted_run(
     full = make("full")
     full_history = full.learn()
 
-    calls = {"n": 0}
-    original = SFT.loss
-
-    def crashing_loss(self, indices):
-        calls["n"] += 1
-        if calls["n"] == 5:  # the checkpoint of step 3 exists, step 5 never finishes
-            raise Interrupt
-        return original(self, indices)
-
-    monkeypatch.setattr(SFT, "loss", crashing_loss)
-    with pytest.raises(Interrupt):
-        make("cut").learn()
-    monkeypatch.setattr(SFT, "loss", original)
+    # the checkpoint of step 3 exists, step 5 never finishes
+    learn_until_killed(make("cut"), iteration=5, step="loss")
     assert load_checkpoint_state(tmp_path / "cut" / CHECKPOINT_DIR)["step"] == 3
 
     resumed = make("cut")
