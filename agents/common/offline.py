@@ -316,8 +316,10 @@ def fit(
             with metrics_path.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
 
+    consumed = np.cumsum([0] + [len(b) for b in schedule])  # examples after each step
+
     def examples_at(step: int) -> int:
-        return int(sum(len(b) for b in schedule[:step]))
+        return int(consumed[step])
 
     hooks = CallbackRunner(callback, agent, dist, logger)
     hooks.start(examples_at(start), locals())
