@@ -5,7 +5,7 @@ once up front — the reference model is then dropped from memory (it stays on d
 for the KL of the evaluation points). Each step runs chosen and rejected through the policy in
 ONE concatenated, dynamically padded forward pass. At evaluation points the policy samples
 through the env, so DPO lands on the same reward/gold–kl/ref axes as PPO and REINFORCE.
-With ``lora_r > 0`` only LoRA adapters train and the reference is the policy with its adapters
+With ``lora.r > 0`` only LoRA adapters train and the reference is the policy with its adapters
 disabled (``agents.common.lora``): nothing is loaded from disk for it.
 """
 
@@ -21,56 +21,44 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.callbacks import OfflineModel
+from agents.common.checkpoint import atomic_directory
+from agents.common.config import (
+    AgentConfig,
+    OptimConfig,
+    check_choice,
+    check_positive,
+    check_range,
+    group,
+)
 from agents.common.distributed import Distributed, TrainForward
 from agents.common.evaluate import evaluate
-from agents.common.logging import RunLogger
-from agents.common.lora import BaseWeightsReference, LoraOptions, is_lora, save_policy, with_lora
+from agents.common.lora import (
+    BaseWeightsReference,
+    LoraOptions,
+    is_lora,
+    save_policy,
+    trainable_parameters,
+    with_lora,
+)
 from agents.common.offline import (
-    OfflineConfig,
+    check_offline_options,
     encode_examples,
-    fit,
     load_preference_pairs,
+    offline_schedule,
+    offline_step,
     pad_batch,
     sequence_logprobs,
-    training_state,
 )
 from agents.common.policy import SamplingConfig, check_same_tokenizer, load_policy, to_device
 from agents.common.precision import resolve_precision
+from agents.common.run import Agent, make_optimizer
 from llm_env.vector import TokenMDPVectorEnv
 
 REFERENCE_DIR = "reference"
-FINAL_DIR = "final"
 
 
-@dataclass
-class DPOConfig(OfflineConfig, LoraOptions):
-    """DPO options (defaults: a tiny SFT'd GPT-2 on ``sentiment`` pairs, ~1–2 min on CPU)."""
-
-    learning_rate: float = 3e-4
-    """Peak AdamW learning rate."""
-    batch_size: int = 32
-    """Preference pairs per optimiser step."""
-    epochs: float = 2.0
-    """Passes over the pairs (fractions allowed)."""
-    log_every: int = 4
-    """Log every this many steps (0 = only at evaluations and the end)."""
-    save_every: int = 50
-    """Write an atomic checkpoint every this many steps (0 = only at the end)."""
-    beta: float = 0.1
-    """β: strength of the implicit KL penalty; implicit reward = β·log(π/π_ref)."""
-    loss_type: str = "sigmoid"
-    """sigmoid (DPO) | ipo | conservative (cDPO, label-smoothed)."""
-    label_smoothing: float = 0.1
-    """ε of the conservative loss: the assumed probability that a label is flipped."""
-    eval_every: int = 16
-    """Sample through the env for reward/gold and kl/ref every this many steps (and at the end)."""
-    eval_prompts: int = 64
-    """Held-out prompts sampled at each evaluation (0 = no evaluation)."""
-    eval_num_envs: int = 32
-    """Sequences per lockstep rollout during evaluation."""
-    eval_temperature: float = 1.0
-    """Sampling temperature of the evaluation rollouts."""
+def _dpo_optim() -> OptimConfig:
+    return OptimConfig(learning_rate=3e-4, warmup_steps=10, lr_schedule="linear")
 
 
 def sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -130,66 +118,116 @@ def dpo_loss(
     }
 
 
-def check_config(config: DPOConfig) -> None:
-    if config.loss_type not in DPO_LOSSES:
-        raise ValueError(
-            f"unknown loss_type {config.loss_type!r}; choose from {sorted(DPO_LOSSES)}"
-        )
-    if config.beta <= 0:
-        raise ValueError(f"beta must be > 0, got {config.beta}")
-    if not 0 <= config.label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {config.label_smoothing}")
+@dataclass
+class DPOConfig(AgentConfig):
+    """DPO options (defaults: a tiny SFT'd GPT-2 on ``sentiment`` pairs, ~1–2 min on CPU)."""
+
+    log_every: int = 4
+    """Write a log point every this many steps (0 = only at evaluations and the end)."""
+    save_every: int = 50
+    """Write an atomic checkpoint every this many steps (0 = only at the end)."""
+    batch_size: int = 32
+    """Preference pairs per optimiser step (in total over all processes)."""
+    epochs: float = 2.0
+    """Passes over the pairs (fractions allowed)."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = run all epochs)."""
+    max_length: int = 64
+    """Longest prompt + completion in tokens; longer rows lose the end of the completion."""
+    beta: float = 0.1
+    """β: strength of the implicit KL penalty; implicit reward = β·log(π/π_ref)."""
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO) | ipo | conservative (cDPO, label-smoothed)."""
+    label_smoothing: float = 0.1
+    """ε of the conservative loss: the assumed probability that a label is flipped."""
+    eval_every: int = 16
+    """Sample through the env for reward/gold and kl/ref every this many steps (and at the end)."""
+    eval_prompts: int = 64
+    """Held-out prompts sampled at each evaluation (0 = no evaluation)."""
+    eval_num_envs: int = 32
+    """Sequences per lockstep rollout during evaluation."""
+    eval_temperature: float = 1.0
+    """Sampling temperature of the evaluation rollouts."""
+    optim: OptimConfig = group(_dpo_optim)
+    lora: LoraOptions = group(LoraOptions, prefix="lora_")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_offline_options(self)
+        check_choice("loss_type", self.loss_type, DPO_LOSSES)
+        check_positive("beta", self.beta, float)
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, "[)")
+        check_positive("eval_prompts", self.eval_prompts, allow_zero=True)
+        check_positive("eval_num_envs", self.eval_num_envs)
+        check_positive("eval_temperature", self.eval_temperature, float)
 
 
-class DPO(OfflineModel):
+class DPO(Agent):
     """DPO on ``data`` (JSONL path or list of ``(prompt, chosen, rejected)``) from ``policy``
     (directory or model); the reference is ``ref_policy`` or the policy's initial weights."""
+
+    agent_name = "dpo"
 
     def __init__(
         self,
         policy: str | Path | PreTrainedModel,
         tokenizer: str | Path | PreTrainedTokenizerBase | None,
-        data: str | Path | list[tuple[str, str, str]],
+        data: str | Path | list[tuple[str, str, str]] | None,
         config: DPOConfig | None = None,
         run_dir: str | Path = "runs/dpo",
         eval_env_kwargs: dict | None = None,
         ref_policy: str | Path | PreTrainedModel | None = None,
     ):
-        self.config = config or DPOConfig()
-        check_config(self.config)
+        super().__init__()
+        self.config = config = config or DPOConfig()
         self.dist = Distributed()
         self.run_dir = Path(run_dir)
-        self.precision = resolve_precision(self.config.precision)
+        self.precision = resolve_precision(config.precision)
         self.policy, self.tokenizer = load_policy(policy, tokenizer)
-        self.policy = with_lora(self.policy, self.config)
+        self.policy = with_lora(self.policy, config.lora)
         self.dist.place(self.policy)
-        triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
-        prompts, chosen, rejected = (list(x) for x in zip(*triples))
-        n = self.config.max_length
-        self.chosen = encode_examples(self.tokenizer, prompts, chosen, n)
-        self.rejected = encode_examples(self.tokenizer, prompts, rejected, n)
+        self.chosen, self.rejected, self.skipped_identical = [], [], 0
+        if data is not None:
+            triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
+            prompts, chosen, rejected = (list(x) for x in zip(*triples))
+            self.chosen = encode_examples(self.tokenizer, prompts, chosen, config.max_length)
+            self.rejected = encode_examples(self.tokenizer, prompts, rejected, config.max_length)
+        self.ref_dir = self._reference_dir(policy, ref_policy)
+        self.eval_env_kwargs = eval_env_kwargs
+        self.ref_chosen_logps = self.ref_rejected_logps = None
+        self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
+        self.schedule = (
+            offline_schedule(len(self.chosen), config, self.dist.world_size) if self.chosen else []
+        )
+        params = trainable_parameters(self.policy)
+        self.optimizers = {"policy": make_optimizer(params, config.optim, len(self.schedule))}
+
+    def _reference_dir(self, policy, ref_policy) -> Path | None:
+        """Where π_ref is loaded from: ``ref_policy``, the initial policy's directory, or a
+        copy written to ``run_dir/reference`` (replacing any earlier run's); None for a LoRA
+        policy's base weights (the policy with its adapters disabled)."""
         if ref_policy is not None:  # a model object must at least cover the policy's vocabulary
             own = self.tokenizer if isinstance(ref_policy, PreTrainedModel) else None
             _, ref_tokenizer = load_policy(ref_policy, own)
             check_same_tokenizer(self.tokenizer, ref_tokenizer, "the policy and the reference")
         if ref_policy is None and is_lora(self.policy):
-            self.ref_dir = None  # the base weights: the policy with its adapters disabled
-        elif isinstance(ref_policy, (str, Path)):
-            self.ref_dir = Path(ref_policy)
-        elif ref_policy is None and isinstance(policy, (str, Path)):
-            self.ref_dir = Path(policy)
-        else:  # a model object: keep a copy on disk, the policy's weights are about to change
-            self.ref_dir = self.run_dir / REFERENCE_DIR
-            ref = ref_policy if ref_policy is not None else self.policy
+            return None
+        if isinstance(ref_policy, (str, Path)):
+            return Path(ref_policy)
+        if ref_policy is None and isinstance(policy, (str, Path)):
+            return Path(policy)
+        ref_dir = self.run_dir / REFERENCE_DIR
+        ref = ref_policy if ref_policy is not None else self.policy
+        if not self.config.resume:  # a resumed run keeps the reference its start wrote
 
-            def write_reference() -> None:  # the check too runs on the main process only
-                if not (self.ref_dir / "config.json").is_file():
-                    save_policy(ref, self.ref_dir, self.tokenizer)
+            def write() -> None:
+                with atomic_directory(ref_dir) as tmp:
+                    save_policy(ref, tmp, self.tokenizer)
 
-            self.dist.on_main(write_reference)
-        self.eval_env_kwargs = eval_env_kwargs
-        self.ref_chosen_logps = self.ref_rejected_logps = None
-        self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
+            self.dist.on_main(write)
+        elif not (ref_dir / "config.json").is_file():
+            raise FileNotFoundError(f"--resume: the run's reference {ref_dir} is missing")
+        return ref_dir
 
     def pair_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Chosen rows then rejected rows, right-padded together: (2·pairs, L)."""
@@ -241,7 +279,29 @@ class DPO(OfflineModel):
         )  # fmt: skip
         return loss, {**stats, "kl/beta": self.config.beta, "tokens": tokens}
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def _num_steps(self) -> int:
+        if not self.schedule:
+            raise ValueError("DPO: no preference pairs (pass data= to train)")
+        return len(self.schedule)
+
+    def _step_size(self, step: int) -> int:
+        return len(self.schedule[step])
+
+    def _train_step(self, step: int) -> dict[str, float]:
+        if self.ref_chosen_logps is None:  # once per run (a resumed run has them back)
+            self.ref_chosen_logps, self.ref_rejected_logps = self.reference_logps()
+        return offline_step(self, step)
+
+    def _state(self):
+        return {"ref_chosen": self.ref_chosen_logps, "ref_rejected": self.ref_rejected_logps}
+
+    def _load_state(self, state):
+        self.ref_chosen_logps, self.ref_rejected_logps = state["ref_chosen"], state["ref_rejected"]
+
+    def _eval_due(self, done: int) -> bool:
+        return self.config.eval_every > 0 and done % self.config.eval_every == 0
+
+    def _evaluate(self) -> dict[str, float]:
         """reward/gold, reward/train, kl/ref, episode/length on held-out prompts through the env."""
         if self.eval_env_kwargs is None or self.config.eval_prompts <= 0:
             return {}
@@ -253,45 +313,22 @@ class DPO(OfflineModel):
         )
         pool = env.setup.task.prompts(kwargs["split"])
         prompts = [pool[i % len(pool)] for i in range(self.config.eval_prompts)]
-        ref = self.reference_model()
         result = evaluate(
-            self.policy, ref, env, prompts, SamplingConfig(self.config.eval_temperature),
-            seed=self.config.seed,
+            self.policy, self.reference_model(), env, prompts,
+            SamplingConfig(self.config.eval_temperature), seed=self.config.seed,
         )  # fmt: skip
         return result.summary()
 
-    def learn(self, callback=None) -> list[dict[str, float]]:
-        """Train; returns one metrics dict per log point (also ``run_dir/metrics.jsonl``) and
-        saves the final policy to ``run_dir/final``. ``callback``: Stable-Baselines3
-        callback(s), see ``agents.common.callbacks``."""
-        torch.manual_seed(self.config.seed)
-        state = training_state(self.run_dir, self.dist) if self.config.resume else None
-        if state is not None:
-            self.ref_chosen_logps, self.ref_rejected_logps = (
-                state["ref_chosen"],
-                state["ref_rejected"],
-            )
-        else:
-            self.ref_chosen_logps, self.ref_rejected_logps = self.reference_logps()
-        logger = RunLogger(self.run_dir, self.config, enabled=self.dist.is_main)
-        try:
-            history = fit(
-                self.policy, self.tokenizer, self.loss, len(self.chosen), self.config,
-                self.run_dir, logger, evaluate=self.evaluate, desc="dpo", dist=self.dist, callback=callback, agent=self,
-                extra_state={"ref_chosen": self.ref_chosen_logps, "ref_rejected": self.ref_rejected_logps},
-            )  # fmt: skip
-        finally:
-            logger.close()
-        self.save(self.run_dir / FINAL_DIR)
-        return history
-
-    def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) policy + tokenizer (LoRA: merged, adapter in
-        ``adapter/``). Written by the main process; every process returns once it exists."""
-        path = Path(path)
-        self.dist.on_main(lambda: save_policy(self.policy, path, self.tokenizer))
-        return path
-
-    @staticmethod
-    def load(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        return load_policy(path)
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        data: str | Path | list[tuple[str, str, str]] | None = None,
+        config: DPOConfig | None = None,
+        run_dir: str | Path = "runs/dpo",
+        eval_env_kwargs: dict | None = None,
+        ref_policy: str | Path | PreTrainedModel | None = None,
+    ) -> DPO:
+        """An agent whose policy and tokenizer come from ``save(path)`` (the reference: the
+        saved policy unless ``ref_policy`` is given)."""
+        return cls(path, None, data, config, run_dir, eval_env_kwargs, ref_policy)

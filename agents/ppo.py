@@ -24,30 +24,52 @@ from agents.common.advantages import (
     masked_mean,
     whiten,
 )
+from agents.common.config import (
+    AgentConfig,
+    OptimConfig,
+    check_positive,
+    check_range,
+    group,
+    local_dir,
+)
 from agents.common.critic import ValueModel, completion_values
-from agents.common.kl import sequence_kl_stats
-from agents.common.lora import trainable_parameters
+from agents.common.kl import KL_ESTIMATORS, KLConfig
+from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
 from agents.common.online import (
-    OnlineAgent,
-    OnlineConfig,
-    gold_metric,
+    draw_prompts,
+    init_online_agent,
     masked_token_logprobs,
+    online_steps,
+    rollout_metrics,
+    sample,
     score_rollout,
 )
-from agents.common.policy import completion_logits, process_logits
+from agents.common.policy import SamplingConfig, completion_logits, process_logits
 from agents.common.precision import autocast
+from agents.common.run import Agent, make_optimizer
 
 
 @dataclass
-class PPOConfig(OnlineConfig):
-    """PPO hyper-parameters (beyond ``OnlineConfig``); the defaults train a tiny GPT-2 on the
-    built-in tasks."""
+class PPOConfig(AgentConfig):
+    """PPO options; the defaults train a tiny GPT-2 on the built-in tasks."""
 
+    precision: str = "auto"
+    """Forward-pass precision: auto | bf16 | fp32 (log-probs, KL and losses stay fp32)."""
+    log_every: int = 1
+    """Write a log point every this many iterations (0 = only at the end)."""
+    save_every: int = 10
+    """Write an atomic checkpoint every this many iterations (0 = only at the end)."""
+    total_prompts: int = 8192
+    """Stop after this many prompts (x-axis of every logged scalar)."""
+    batch_size: int = 64
+    """Prompts per rollout batch / iteration (in total over all processes)."""
+    minibatch_size: int = 16
+    """Sequences per gradient step."""
     epochs: int = 4
     """Passes over each rollout batch."""
     critic_learning_rate: float | None = None
-    """Adam learning rate of the critic (None = learning_rate)."""
+    """AdamW learning rate of the critic (None = learning_rate)."""
     gamma: float = 1.0
     """Discount per token."""
     lam: float = 0.95
@@ -66,6 +88,28 @@ class PPOConfig(OnlineConfig):
     """Bootstrap V(final state) on truncation; off as the env pays the full reward at the limit."""
     critic_init: str = "policy"
     """Critic backbone: "policy" (a copy) or a save_pretrained directory (e.g. the reward model)."""
+    no_eos_penalty: float = 0.0
+    """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
+    optim: OptimConfig = group(OptimConfig)
+    sampling: SamplingConfig = group(SamplingConfig)
+    kl: KLConfig = group(KLConfig)
+    lora: LoraOptions = group(LoraOptions, prefix="lora_")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("total_prompts", "batch_size", "minibatch_size", "epochs"):
+            check_positive(name, getattr(self, name))
+        if self.critic_learning_rate is not None:
+            check_positive("critic_learning_rate", self.critic_learning_rate, float)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("lam", self.lam, 0.0, 1.0)
+        check_positive("clip_eps", self.clip_eps, float)
+        if self.value_clip is not None:
+            check_positive("value_clip", self.value_clip, float)
+        check_positive("vf_coef", self.vf_coef, float, allow_zero=True)
+        check_positive("ent_coef", self.ent_coef, float, allow_zero=True)
+        if self.critic_init != "policy":
+            local_dir("critic_init", self.critic_init)
 
 
 def policy_logits_and_values(
@@ -84,7 +128,7 @@ def policy_logits_and_values(
     return logits, values
 
 
-class PPO(OnlineAgent):
+class PPO(Agent):
     """PPO over ``TokenMDPVectorEnv``; see the module docstring."""
 
     agent_name = "ppo"
@@ -99,38 +143,59 @@ class PPO(OnlineAgent):
         reward_model=None,
         critic: ValueModel | str | Path | None = None,
     ):
-        config = config or PPOConfig()
-        super().__init__(policy, tokenizer, env_kwargs, config, run_dir, reward_model)
-        if critic is not None:
-            self.critic = (
-                critic if isinstance(critic, ValueModel) else ValueModel.from_pretrained(critic)
-            )
-        elif config.critic_init == "policy":
-            self.critic = ValueModel.from_policy(self.policy)
-        else:
-            self.critic = ValueModel.from_backbone(config.critic_init)
-        self.critic.eval()
+        super().__init__()
+        self.config = config = config or PPOConfig()
+        self.run_dir = Path(run_dir)
+        self.total_prompts = config.total_prompts
+        init_online_agent(self, policy, tokenizer, env_kwargs, reward_model, config.batch_size)
+        if isinstance(critic, (str, Path)):
+            critic = ValueModel.from_pretrained(local_dir("critic", critic))
+        elif critic is None and config.critic_init == "policy":
+            critic = ValueModel.from_policy(self.policy)
+        elif critic is None:
+            critic = ValueModel.from_backbone(config.critic_init)
+        self.critic = critic.eval()
         self.dist.place(self.critic)
         self.dist.check_divisible(minibatch_size=config.minibatch_size)
         self.train_forward = self.dist.prepare(
             policy_logits_and_values, policy=self.policy, critic=self.critic
         )
-        self.policy_opt = torch.optim.Adam(
-            trainable_parameters(self.policy), lr=config.learning_rate
-        )
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(), lr=config.critic_learning_rate or config.learning_rate
-        )
+        steps = online_steps(config.total_prompts, config.batch_size)
+        self.optimizers = {
+            "policy": make_optimizer(trainable_parameters(self.policy), config.optim, steps),
+            "critic": make_optimizer(
+                list(self.critic.parameters()), config.optim, steps, config.critic_learning_rate
+            ),
+        }
+
+    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
+        """Train until ``total_prompts`` prompts (default ``config.total_prompts``) are consumed."""
+        if total_prompts is not None:
+            online_steps(total_prompts, self.config.batch_size)  # validates it
+            self.total_prompts = total_prompts
+        return super().learn(callback)
+
+    def _num_steps(self) -> int:
+        return online_steps(self.total_prompts, self.config.batch_size)
+
+    def _step_size(self, step: int) -> int:
+        return self.config.batch_size
 
     def _models(self):
         return {"policy": self.policy, "critic": self.critic}
 
-    def _optimizers(self):
-        return {"policy": self.policy_opt, "critic": self.critic_opt}
+    def _state(self):
+        return {"kl_controller": self.kl_ctl.state_dict()}
 
-    def _iteration(self) -> dict[str, float]:
+    def _load_state(self, state):
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+
+    def _train_step(self, step: int) -> dict[str, float]:
+        """One iteration: roll out, score in one pass, per-token rewards, GAE, the update, β."""
         cfg = self.config
-        roll = self._rollout(self._draw_prompts())
+        pool = self.env.setup.task.prompts(self.env.setup.split)
+        prompts = self.dist.shard(draw_prompts(pool, cfg.batch_size, cfg.seed, step))
+        roll = sample(self, prompts)
         mask = roll.completion_mask
         scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
         with torch.no_grad(), autocast(self.precision):
@@ -141,43 +206,38 @@ class PPO(OnlineAgent):
         beta = self.kl_ctl.value
         truncated = (~roll.terminated).float()
         seq_scores = roll.rewards + cfg.no_eos_penalty * truncated
-        rewards = kl_penalised_rewards(
-            seq_scores, scores.logprobs - scores.ref_logprobs, mask, beta
-        )
+        # r_t = −β·k(log π_θ, log π_ref)_t + [t = T]·r_RM  (k1: Ziegler et al. 2019, eq. 2)
+        kl_penalty = KL_ESTIMATORS[cfg.kl.kl_estimator](scores.logprobs, scores.ref_logprobs)
+        rewards = kl_penalised_rewards(seq_scores, kl_penalty, mask, beta)
         self._check_finite("reward (KL-penalised, per token)", rewards)
         last_values = None
         if cfg.bootstrap_truncated:
-            last_values = (
-                all_values[torch.arange(len(mask), device=mask.device), roll.lengths.long()]
-                * truncated
-            )
+            rows = torch.arange(len(mask), device=mask.device)
+            last_values = all_values[rows, roll.lengths.long()] * truncated
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam, last_values)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask, all_sum=self.dist.all_sum)
-        train_stats = self._train(roll, scores.logprobs, values, advantages, returns)
-        kl_stats = sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl)
+        train_stats = self._update(roll, scores.logprobs, values, advantages, returns)
+        metrics = rollout_metrics(roll, scores)
+        # the adaptive controller sees the KL of every process's samples
+        kl = self.dist.reduce_metrics({"kl/ref": metrics["kl/ref"]})["kl/ref"]
+        self.kl_ctl.update(kl, cfg.batch_size)
         return {
-            "reward/train": roll.rewards.mean().item(),
-            **gold_metric(roll),
+            **metrics,
             "reward/total": rewards.sum(-1).mean().item(),
-            **kl_stats,
             "kl/beta": beta,
-            "policy/entropy": masked_mean(scores.entropy, mask).item(),
             **train_stats,
             "value/explained_variance": explained_variance(values, returns, mask),
             "value/mean": masked_mean(values, mask).item(),
-            "episode/length": roll.lengths.mean().item(),
-            "episode/eos_fraction": roll.terminated.float().mean().item(),
-            "episode/tokens": float(roll.num_tokens),
         }
 
-    def _train(self, roll, old_logprobs, old_values, advantages, returns) -> dict[str, float]:
-        """``epochs`` passes of shuffled minibatches; returns the mean of each statistic."""
+    def _update(self, roll, old_logprobs, old_values, advantages, returns) -> dict[str, float]:
+        """``epochs`` passes of shuffled minibatches: clipped surrogate + clipped value loss
+        (− entropy bonus); returns the mean of each statistic."""
         cfg = self.config
         mask, tokens = roll.completion_mask, roll.completion_ids
         totals: dict[str, float] = {}
         n = 0
-        parts = {"policy": (self.policy, self.policy_opt), "critic": (self.critic, self.critic_opt)}
         for _ in range(cfg.epochs):
             order = torch.randperm(len(mask), generator=self.generator)
             for idx in order.split(cfg.minibatch_size // self.dist.world_size):
@@ -195,28 +255,27 @@ class PPO(OnlineAgent):
                 )
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ent_coef:
-                    entropy = masked_mean(entropy_from_logits(log_probs), m)
-                    loss = loss - cfg.ent_coef * entropy
+                    loss = loss - cfg.ent_coef * masked_mean(entropy_from_logits(log_probs), m)
                 self._check_finite("loss/total", loss.detach())
-                grad_stats = self._optimizer_step(loss, parts)
+                loss.backward()
                 stats = {
                     "loss/policy": pg_loss.item(),
                     "loss/value": vf_loss.item(),
                     "loss/total": loss.item(),
                     **pg_stats,
                     **vf_stats,
-                    **grad_stats,
+                    **self._apply_gradients("policy", "critic"),
                 }
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 n += 1
         return {k: v / n for k, v in totals.items()}
 
-    def save(self, path: str | Path) -> None:
-        """Policy + tokenizer in ``path`` (``from_pretrained`` loadable), critic in ``path/critic``
-        (written by the main process)."""
-        super().save(path)
-        self.dist.on_main(lambda: self.critic.save_pretrained(Path(path) / "critic"))
+    def _save_files(self, path: Path) -> None:
+        """Policy + tokenizer in ``path`` (``from_pretrained`` loadable), critic in
+        ``path/critic``."""
+        super()._save_files(path)
+        self.critic.save_pretrained(path / "critic")
 
     @classmethod
     def load(

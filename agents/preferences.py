@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.logging import to_jsonable
+from agents.common.config import group, to_jsonable
 from agents.common.policy import SamplingConfig, load_policy
 from agents.common.precision import resolve_precision
 from agents.common.rollout import rollout
@@ -43,12 +43,7 @@ class PreferenceConfig:
     """Bradley–Terry temperature on the gold scores: P(a ≻ b) = σ((r_a − r_b) / T)."""
     num_envs: int = 64
     """Sequences sampled in lockstep per rollout."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_k: int = 0
-    """Sampling top-k (0 = off)."""
-    top_p: float = 1.0
-    """Sampling top-p (1.0 = off)."""
+    sampling: SamplingConfig = group(SamplingConfig)
     split: str = "train"
     """Prompt split of the task: train | eval."""
     precision: str = "fp32"
@@ -112,7 +107,7 @@ def sample_preferences(
     pool = env.setup.task.prompts(config.split)
     drawn = [pool[i] for i in rng.integers(0, len(pool), size=config.num_prompts)]
     prompts = [p for p in drawn for _ in range(config.k)]  # each prompt k times, side by side
-    sampling = SamplingConfig(config.temperature, config.top_k, config.top_p)
+    sampling = config.sampling
     completions, gold = sample_completions(
         model, env, prompts, sampling, config.seed, resolve_precision(config.precision)
     )

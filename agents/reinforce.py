@@ -18,19 +18,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.common.advantages import masked_mean, masked_mean_var
-from agents.common.kl import masked_sum, sequence_kl_stats
-from agents.common.lora import trainable_parameters
+from agents.common.advantages import masked_mean_var
+from agents.common.config import (
+    AgentConfig,
+    OptimConfig,
+    check_choice,
+    check_positive,
+    check_range,
+    group,
+)
+from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
+from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import reinforce_loss
 from agents.common.online import (
-    OnlineAgent,
-    OnlineConfig,
-    gold_metric,
+    draw_prompts,
+    init_online_agent,
     masked_token_logprobs,
+    online_steps,
+    rollout_metrics,
+    sample,
     score_rollout,
 )
-from agents.common.policy import completion_logits, process_logits
+from agents.common.policy import SamplingConfig, completion_logits, process_logits
 from agents.common.precision import autocast
+from agents.common.run import Agent, make_optimizer
 
 
 def baseline_none(returns: torch.Tensor, running_mean: float) -> torch.Tensor:
@@ -71,11 +82,19 @@ def policy_logits(
 
 
 @dataclass
-class ReinforceConfig(OnlineConfig):
-    """REINFORCE hyper-parameters; the defaults train a tiny GPT-2 on the built-in tasks."""
+class ReinforceConfig(AgentConfig):
+    """REINFORCE options; the defaults train a tiny GPT-2 on the built-in tasks."""
 
+    precision: str = "auto"
+    """Forward-pass precision: auto | bf16 | fp32 (log-probs, KL and losses stay fp32)."""
+    log_every: int = 1
+    """Write a log point every this many iterations (0 = only at the end)."""
+    save_every: int = 10
+    """Write an atomic checkpoint every this many iterations (0 = only at the end)."""
+    total_prompts: int = 8192
+    """Stop after this many prompts (each sampled k times; the x-axis counts prompts)."""
     batch_size: int = 16
-    """Prompts per iteration (each sampled k times)."""
+    """Prompts per iteration (each sampled k times), in total over all processes."""
     k: int = 4
     """Completions sampled per prompt."""
     minibatch_size: int = 64
@@ -86,16 +105,24 @@ class ReinforceConfig(OnlineConfig):
     """Decay of the moving-average baseline."""
     whiten: bool = False
     """Divide the advantages R − b by their standard deviation over the batch."""
+    no_eos_penalty: float = 0.0
+    """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
+    optim: OptimConfig = group(OptimConfig)
+    sampling: SamplingConfig = group(SamplingConfig)
+    kl: KLConfig = group(KLConfig)
+    lora: LoraOptions = group(LoraOptions, prefix="lora_")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {sorted(BASELINES)}, got {self.baseline!r}")
+        for name in ("total_prompts", "batch_size", "k", "minibatch_size"):
+            check_positive(name, getattr(self, name))
+        check_choice("baseline", self.baseline, BASELINES)
         if self.baseline == "rloo" and self.k < 2:
-            raise ValueError("baseline='rloo' needs k >= 2 samples per prompt")
+            raise ValueError(f"baseline='rloo' needs k >= 2 samples per prompt, got k={self.k}")
+        check_range("baseline_decay", self.baseline_decay, 0.0, 1.0, "[)")
 
 
-class Reinforce(OnlineAgent):
+class Reinforce(Agent):
     """REINFORCE / RLOO over ``TokenMDPVectorEnv``; see the module docstring."""
 
     agent_name = "reinforce"
@@ -109,35 +136,50 @@ class Reinforce(OnlineAgent):
         run_dir: str | Path = "runs/reinforce",
         reward_model=None,
     ):
-        config = config or ReinforceConfig()
-        super().__init__(policy, tokenizer, env_kwargs, config, run_dir, reward_model)
-        self.optimizer = torch.optim.Adam(
-            trainable_parameters(self.policy), lr=config.learning_rate
-        )
+        super().__init__()
+        self.config = config = config or ReinforceConfig()
+        self.run_dir = Path(run_dir)
+        self.total_prompts = config.total_prompts
+        num_envs = config.batch_size * config.k
+        init_online_agent(self, policy, tokenizer, env_kwargs, reward_model, num_envs)
+        steps = online_steps(config.total_prompts, config.batch_size)
+        self.optimizers = {
+            "policy": make_optimizer(trainable_parameters(self.policy), config.optim, steps)
+        }
         self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
         self.running_mean = 0.0
 
-    @property
-    def rollout_size(self) -> int:
-        return self.config.batch_size * self.config.k
+    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
+        """Train until ``total_prompts`` prompts (default ``config.total_prompts``) are consumed."""
+        if total_prompts is not None:
+            online_steps(total_prompts, self.config.batch_size)  # validates it
+            self.total_prompts = total_prompts
+        return super().learn(callback)
 
-    def _optimizers(self):
-        return {"policy": self.optimizer}
+    def _num_steps(self) -> int:
+        return online_steps(self.total_prompts, self.config.batch_size)
 
-    def _extra_state(self):
-        return {"running_mean": self.running_mean}
+    def _step_size(self, step: int) -> int:
+        return self.config.batch_size
 
-    def _load_extra_state(self, state):
+    def _state(self):
+        return {"running_mean": self.running_mean, "kl_controller": self.kl_ctl.state_dict()}
+
+    def _load_state(self, state):
         self.running_mean = float(state["running_mean"])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
 
-    def _iteration(self) -> dict[str, float]:
+    def _train_step(self, step: int) -> dict[str, float]:
+        """One iteration: k samples per prompt, R = r − β·KL(y), baseline, one gradient step."""
         cfg = self.config
-        prompts = self._draw_prompts()
-        roll = self._rollout([p for p in prompts for _ in range(cfg.k)])  # prompt-major
+        pool = self.env.setup.task.prompts(self.env.setup.split)
+        prompts = self.dist.shard(draw_prompts(pool, cfg.batch_size, cfg.seed, step))
+        roll = sample(self, [p for p in prompts for _ in range(cfg.k)])  # prompt-major
         mask = roll.completion_mask
         scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
         beta = self.kl_ctl.value
-        seq_kl = masked_sum(scores.logprobs - scores.ref_logprobs, mask)  # (B,)
+        kl_per_token = KL_ESTIMATORS[cfg.kl.kl_estimator](scores.logprobs, scores.ref_logprobs)
+        seq_kl = masked_sum(kl_per_token, mask)  # (B,)
         truncated = (~roll.terminated).float()
         returns = roll.rewards + cfg.no_eos_penalty * truncated - beta * seq_kl
         self._check_finite("return R = r_RM - beta*KL", returns)
@@ -149,31 +191,25 @@ class Reinforce(OnlineAgent):
             advantages = advantages / (advantage_std + 1e-8)
         decay = cfg.baseline_decay
         self.running_mean = decay * self.running_mean + (1 - decay) * self.dist.mean(returns)
-        train_stats = self._train(roll, advantages)
-        train_stats["policy/advantage_std"] = advantage_std
-        kl_stats = sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl)
+        train_stats = self._update(roll, advantages)
+        metrics = rollout_metrics(roll, scores)
+        kl = self.dist.reduce_metrics({"kl/ref": metrics["kl/ref"]})["kl/ref"]
+        self.kl_ctl.update(kl, cfg.batch_size)
         return {
-            "reward/train": roll.rewards.mean().item(),
-            **gold_metric(roll),
+            **metrics,
             "reward/total": returns.mean().item(),
-            **kl_stats,
             "kl/beta": beta,
-            "policy/entropy": masked_mean(scores.entropy, mask).item(),
             **train_stats,
+            "policy/advantage_std": advantage_std,
             "baseline/running_mean": self.running_mean,
-            "episode/length": roll.lengths.mean().item(),
-            "episode/eos_fraction": roll.terminated.float().mean().item(),
-            "episode/tokens": float(roll.num_tokens),
         }
 
-    def _train(self, roll, advantages: torch.Tensor) -> dict[str, float]:
+    def _update(self, roll, advantages: torch.Tensor) -> dict[str, float]:
         """One gradient step on the whole batch, accumulated over minibatches."""
-        cfg = self.config
         mask, tokens = roll.completion_mask, roll.completion_ids
         n = len(mask)
-        self.optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
-        for idx in torch.arange(n).split(cfg.minibatch_size):
+        for idx in torch.arange(n).split(self.config.minibatch_size):
             logits = self.train_forward(
                 roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width, self.precision
             )
@@ -184,13 +220,8 @@ class Reinforce(OnlineAgent):
             self._check_finite("loss/policy", loss.detach())
             loss.backward()
             total_loss += loss.item()
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        return {
-            "loss/policy": total_loss,
-            "loss/total": total_loss,
-            "grad_norm/policy": norm.item(),
-        }
+        grad_stats = self._apply_gradients("policy")
+        return {"loss/policy": total_loss, "loss/total": total_loss, **grad_stats}
 
     @classmethod
     def load(

@@ -14,48 +14,59 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.callbacks import OfflineModel
+from agents.common.config import AgentConfig, OptimConfig, check_positive, check_range, group
 from agents.common.distributed import Distributed
-from agents.common.logging import RunLogger
-from agents.common.lora import save_policy
 from agents.common.offline import (
-    OfflineConfig,
+    check_offline_options,
     encode_examples,
-    fit,
     load_examples,
+    offline_schedule,
+    offline_step,
     pad_batch,
     sequence_logprobs,
 )
 from agents.common.policy import load_policy, to_device
 from agents.common.precision import resolve_precision
+from agents.common.run import Agent, make_optimizer
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task
 
 
+def _sft_optim() -> OptimConfig:
+    return OptimConfig(learning_rate=2e-3, weight_decay=0.01, warmup_steps=20, lr_schedule="linear")
+
+
 @dataclass
-class SFTConfig(OfflineConfig):
+class SFTConfig(AgentConfig):
     """Supervised fine-tuning / pre-training options (defaults: a tiny GPT-2 on ``sentiment``)."""
 
-    learning_rate: float = 2e-3
-    """Peak AdamW learning rate."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    warmup_steps: int = 20
-    """Linear warm-up steps; the rate then decays linearly to 0 at the last step."""
+    log_every: int = 25
+    """Write a log point every this many steps (0 = only at evaluations and the end)."""
+    save_every: int = 200
+    """Write an atomic checkpoint every this many steps (0 = only at the end)."""
     batch_size: int = 64
-    """Sequences per optimiser step."""
+    """Sequences per optimiser step (in total over all processes)."""
     epochs: float = 2.0
     """Passes over the training data (fractions allowed)."""
-    log_every: int = 25
-    """Log every this many steps."""
-    save_every: int = 200
-    """Write an atomic checkpoint every this many steps (and at the end)."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = run all epochs)."""
+    max_length: int = 64
+    """Longest prompt + completion in tokens; longer rows lose the end of the completion."""
+    eval_every: int = 0
+    """Measure held-out cross-entropy every this many steps (0 = only at the end)."""
     train_on_prompt: bool = False
     """Also score the prompt tokens (pre-training on a raw corpus)."""
     heldout_fraction: float = 0.05
     """Share of the examples held out to measure cross-entropy (0 = none)."""
     max_heldout: int = 512
     """At most this many held-out examples."""
+    optim: OptimConfig = group(_sft_optim)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_offline_options(self)
+        check_range("heldout_fraction", self.heldout_fraction, 0.0, 1.0, "[)")
+        check_positive("max_heldout", self.max_heldout, allow_zero=True)
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -68,33 +79,46 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     return loss, {"loss/policy": loss.item(), "tokens": mask.sum().item()}
 
 
-class SFT(OfflineModel):
+class SFT(Agent):
     """Fine-tune ``policy`` (a ``save_pretrained`` directory or a model object) on ``data``
     (a JSONL path or a list of ``(prompt, completion)``); ``learn()`` then ``save(dir)``."""
+
+    agent_name = "sft"
 
     def __init__(
         self,
         policy: str | Path | PreTrainedModel,
         tokenizer: str | Path | PreTrainedTokenizerBase | None,
-        data: str | Path | list[tuple[str, str]],
+        data: str | Path | list[tuple[str, str]] | None,
         config: SFTConfig | None = None,
         run_dir: str | Path = "runs/sft",
     ):
-        self.config = config or SFTConfig()
+        super().__init__()
+        self.config = config = config or SFTConfig()
         self.run_dir = Path(run_dir)
-        self.policy, self.tokenizer = load_policy(policy, tokenizer)
-        self.precision = resolve_precision(self.config.precision)
-        examples, _ = load_examples(data, ("prompt", "completion"), "SFT data")
-        encoded = encode_examples(
-            self.tokenizer, *zip(*examples), max_length=self.config.max_length
-        )
-        order = np.random.default_rng(self.config.seed).permutation(len(encoded))
-        n_heldout = min(self.config.max_heldout, int(len(encoded) * self.config.heldout_fraction))
-        self.heldout = [encoded[i] for i in order[:n_heldout]]
-        self.train_rows = [encoded[i] for i in order[n_heldout:]]
         self.dist = Distributed()
+        self.policy, self.tokenizer = load_policy(policy, tokenizer)
+        self.precision = resolve_precision(config.precision)
+        self.train_rows, self.heldout = [], []
+        if data is not None:
+            examples, _ = load_examples(data, ("prompt", "completion"), "SFT data")
+            encoded = encode_examples(self.tokenizer, *zip(*examples), config.max_length)
+            order = np.random.default_rng(config.seed).permutation(len(encoded))
+            n_heldout = min(config.max_heldout, int(len(encoded) * config.heldout_fraction))
+            self.heldout = [encoded[i] for i in order[:n_heldout]]
+            self.train_rows = [encoded[i] for i in order[n_heldout:]]
         self.dist.place(self.policy)
         self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
+        self.schedule = (
+            offline_schedule(len(self.train_rows), config, self.dist.world_size)
+            if self.train_rows
+            else []
+        )
+        self.optimizers = {
+            "policy": make_optimizer(
+                list(self.policy.parameters()), config.optim, len(self.schedule)
+            )
+        }
 
     def batch(self, rows: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
         batch = pad_batch(rows, self.tokenizer.pad_token_id, self.config.train_on_prompt)
@@ -116,40 +140,33 @@ class SFT(OfflineModel):
             count += batch["loss_mask"].sum().item()
         return total / max(count, 1.0)
 
-    def learn(self, callback=None) -> list[dict[str, float]]:
-        """Train; returns one metrics dict per log point (also in ``run_dir/metrics.jsonl``).
-        ``callback``: Stable-Baselines3 callback(s), see ``agents.common.callbacks``."""
-        torch.manual_seed(self.config.seed)
-        logger = RunLogger(self.run_dir, self.config, enabled=self.dist.is_main)
-        evaluate = (lambda step: {"sft/heldout_ce": self.heldout_ce()}) if self.heldout else None
-        try:
-            return fit(
-                self.policy,
-                self.tokenizer,
-                self.loss,
-                len(self.train_rows),
-                self.config,
-                self.run_dir,
-                logger,
-                evaluate=evaluate,
-                desc="sft",
-                dist=self.dist,
-                callback=callback,
-                agent=self,
-            )
-        finally:
-            logger.close()
+    def _num_steps(self) -> int:
+        if not self.schedule:
+            raise ValueError("SFT: no training data (pass data= to train)")
+        return len(self.schedule)
 
-    def save(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) policy + tokenizer: loadable with ``load_policy``.
-        Written by the main process; every process returns once it exists."""
-        path = Path(path)
-        self.dist.on_main(lambda: save_policy(self.policy, path, self.tokenizer))
-        return path
+    def _step_size(self, step: int) -> int:
+        return len(self.schedule[step])
 
-    @staticmethod
-    def load(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        return load_policy(path)
+    def _train_step(self, step: int) -> dict[str, float]:
+        return offline_step(self, step)
+
+    def _eval_due(self, done: int) -> bool:
+        return self.config.eval_every > 0 and done % self.config.eval_every == 0
+
+    def _evaluate(self) -> dict[str, float]:
+        return {"sft/heldout_ce": self.heldout_ce()} if self.heldout else {}
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        data: str | Path | list[tuple[str, str]] | None = None,
+        config: SFTConfig | None = None,
+        run_dir: str | Path = "runs/sft",
+    ) -> SFT:
+        """An agent whose policy and tokenizer come from ``save(path)``."""
+        return cls(path, None, data, config, run_dir)
 
 
 def pretrain_on_task(

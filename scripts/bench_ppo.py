@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.epochs} epochs fwd/bwd/step {t_train:.3f}s = {primitives:.3f}s")  # fmt: skip
 
     # 3. one full PPO iteration (learning rate 0 would skip nothing: the real update runs)
-    t_iter, _ = timed(agent._iteration, args.repeats)
+    t_iter, _ = timed(lambda: agent._train_step(0), args.repeats)
     print(f"PPO iteration: {t_iter:.3f}s")
     print(f"ppo_iter_vs_primitives ratio={t_iter / primitives:.3f} (target <= 1.25)")
 

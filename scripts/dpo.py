@@ -14,7 +14,8 @@ from agents.common.config import add_dataclass_args, dataclass_from_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
-from agents.dpo import DPO, FINAL_DIR, DPOConfig
+from agents.common.run import FINAL_DIR
+from agents.dpo import DPO, DPOConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -199,7 +199,7 @@ class Pipeline:
         return {"pairs": str(self.pairs)}
 
     def train_reward_model(self) -> dict:
-        from reward_models.learned import RewardModelConfig, RewardModelTrainer
+        from agents.reward_model import RewardModelConfig, RewardModelTrainer
 
         run_dir = self.agents_dir / "rm-bradley_terry"
         config = RewardModelConfig(
@@ -207,7 +207,8 @@ class Pipeline:
         )
         with measured(run_dir):
             trainer = RewardModelTrainer(str(self.sft_dir), str(self.pairs), config, run_dir)
-            metrics = trainer.learn()
+            trainer.learn()
+            metrics = trainer.summary()
             trainer.save(self.rm_dir)
         return {"reward_model": str(self.rm_dir), **metrics}
 

@@ -13,7 +13,7 @@ from agents.common.config import add_dataclass_args, dataclass_from_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
-from reward_models.learned import RewardModelConfig, RewardModelTrainer
+from agents.reward_model import RewardModelConfig, RewardModelTrainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     config = dataclass_from_args(RewardModelConfig, args)
     run_dir = args.run_dir or run_dir_for("runs", "pairs", "rm", args.name)
     trainer = RewardModelTrainer(args.policy, args.pairs, config, run_dir)
-    metrics = trainer.learn()
+    trainer.learn()
+    metrics = trainer.summary()
     out = trainer.save(args.out)
     print_on_main(json.dumps({"reward_model": str(out), **metrics}))
 

@@ -19,14 +19,17 @@ from safetensors.torch import save_file
 
 import llm_env
 from agents.common.advantages import whiten
+from agents.common.config import OptimConfig
 from agents.common.distributed import Distributed
+from agents.common.kl import KLConfig
+from agents.common.lora import LoraOptions
 from agents.common.policy import set_num_threads
 from agents.dpo import DPO, DPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
+from agents.reward_model import RewardModelConfig, RewardModelTrainer
 from agents.sft import SFT, SFTConfig
 from llm_env.tasks import make_task
-from reward_models.learned import RewardModelConfig, RewardModelTrainer
 
 # An untrained policy never gets a sum right; the length reward gives RL a signal from step one.
 ENV = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}, "reward_model": "length"}
@@ -54,9 +57,10 @@ def ppo(out: Path, name: str, total_iterations: int, resume: bool = False, lora_
     task = make_task("arithmetic", max_operand=9)
     tokenizer = task.tokenizer()
     config = PPOConfig(
-        batch_size=PPO_BATCH, minibatch_size=4, epochs=2, learning_rate=1e-3, precision="fp32",
-        kl_target=0.5, kl_horizon=100, save_every=1, log_every=0, resume=resume,
-        total_prompts=PPO_BATCH * PPO_ITERATIONS, lora_r=lora_r,
+        batch_size=PPO_BATCH, minibatch_size=4, epochs=2, precision="fp32", save_every=1,
+        log_every=1, resume=resume, optim=OptimConfig(learning_rate=1e-3),
+        kl=KLConfig(kl_target=0.5, kl_horizon=100),
+        total_prompts=PPO_BATCH * PPO_ITERATIONS, lora=LoraOptions(r=lora_r),
     )  # fmt: skip
     agent = PPO(tiny_policy(tokenizer), tokenizer, ENV, config, run_dir=out / name / "run")
     agent.learn(total_prompts=PPO_BATCH * total_iterations)
@@ -68,7 +72,12 @@ def ppo(out: Path, name: str, total_iterations: int, resume: bool = False, lora_
 def dpo(out: Path) -> DPO:
     task = make_task("arithmetic", max_operand=9)
     tokenizer = task.tokenizer()
-    config = DPOConfig(batch_size=16, epochs=1.0, learning_rate=1e-3, warmup_steps=0, log_every=1)
+    config = DPOConfig(
+        batch_size=16,
+        epochs=1.0,
+        optim=OptimConfig(learning_rate=1e-3, lr_schedule="linear"),
+        log_every=1,
+    )
     agent = DPO(tiny_policy(tokenizer), tokenizer, pairs(task), config, run_dir=out / "dpo" / "run")
     agent.learn()
     dump(agent.policy, out / "dpo" / "policy")
@@ -131,7 +140,7 @@ def first(out: Path) -> None:
 
     reinforce = Reinforce(
         tiny_policy(tokenizer), tokenizer, ENV,
-        ReinforceConfig(batch_size=4, k=2, total_prompts=8, whiten=True, save_every=0, log_every=0),
+        ReinforceConfig(batch_size=4, k=2, total_prompts=8, whiten=True, save_every=0, log_every=1),
         run_dir=out / "reinforce" / "run",
     )  # fmt: skip
     reinforce.learn()

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 
-def learn_until_killed(agent, iteration: int, step: str = "_iteration") -> None:
-    """Run ``agent.learn()`` and interrupt it as the ``iteration``-th call of its method
-    ``step`` starts (``_iteration`` for the online agents, ``loss`` for the offline ones)."""
-    original, calls = getattr(agent, step), {"n": 0}
+def learn_until_killed(agent, step: int) -> None:
+    """Run ``agent.learn()`` and interrupt it as its ``step``-th training step starts (every
+    agent's loop calls ``_train_step`` once per step)."""
+    original, calls = agent._train_step, {"n": 0}
 
     def dies(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == iteration:
+        if calls["n"] == step:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    setattr(agent, step, dies)
+    agent._train_step = dies
     with pytest.raises(KeyboardInterrupt):
         agent.learn()

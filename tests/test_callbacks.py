@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import llm_env
 from agents.common.checkpoint import load_checkpoint_state
+from agents.common.config import OptimConfig
 from agents.ppo import PPO, PPOConfig
 from agents.sft import SFT, SFTConfig
 from scripts.report import read_scalars
@@ -24,8 +25,8 @@ def tiny(tokenizer):
 
 def ppo(tokenizer, run_dir, iterations=4) -> PPO:
     config = PPOConfig(
-        batch_size=8, minibatch_size=4, epochs=1, learning_rate=1e-3, precision="fp32",
-        save_every=0, log_every=0, total_prompts=8 * iterations,
+        batch_size=8, minibatch_size=4, epochs=1, precision="fp32", save_every=0, log_every=1,
+        total_prompts=8 * iterations, optim=OptimConfig(learning_rate=1e-3),
     )  # fmt: skip
     return PPO(tiny(tokenizer), tokenizer, ENV, config, run_dir=run_dir)
 
@@ -43,7 +44,7 @@ class RecordAndStop(BaseCallback):
 
     def _on_step(self) -> bool:
         self.logger.record("custom/timesteps", self.num_timesteps)
-        self.logger.record("custom/reward", self.locals["metrics"]["reward/train"])
+        self.logger.record("custom/reward", self.locals["stats"]["reward/train"])
         self.events.append(f"step@{self.num_timesteps}")
         return self.n_calls < self.stop_after
 
@@ -71,9 +72,9 @@ def test_a_callback_records_scalars_and_stops_online_training(arithmetic_tokeniz
     agent = ppo(arithmetic_tokenizer, tmp_path / "run", iterations=6)
     callback = RecordAndStop(stop_after=3)
     history = agent.learn(callback=callback)
-    assert [h["prompts"] for h in history] == [8, 16, 24]
+    assert [h["examples"] for h in history] == [8, 16, 24]
     assert callback.events == ["start@0", "step@8", "step@16", "step@24", "end"]
-    assert load_checkpoint_state(tmp_path / "run" / "checkpoint")["iteration"] == 3
+    assert load_checkpoint_state(tmp_path / "run" / "checkpoint")["step"] == 3
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     scalars, _ = read_scalars(tmp_path / "run")
     assert scalars["custom/timesteps"] == [(8, 8.0), (16, 16.0), (24, 24.0)]

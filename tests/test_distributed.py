@@ -130,7 +130,7 @@ def test_the_run_directories_are_written_once(two_process_run):
         assert len(list(run.glob("events.out.tfevents.*"))) == 1, agent
         assert json.loads((run / "config.json").read_text())["seed"] == 0
     lines = (two_process_run / "ppo-full" / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["prompts"] for line in lines] == [8, 16, 24, 32]
+    assert [json.loads(line)["examples"] for line in lines] == [8, 16, 24, 32]
     sft = (two_process_run / "sft" / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["examples"] for line in sft] == [16, 32, 48]
     assert (two_process_run / "ppo-full" / "run" / "final" / "critic").is_dir()
@@ -150,7 +150,7 @@ def test_multi_process_resume_reproduces_the_uninterrupted_run(two_process_run):
     reference = [
         json.loads(line) for line in (two_process_run / "ppo-full" / "run" / "metrics.jsonl").open()
     ]
-    assert [h["prompts"] for h in history] == [8, 16, 24, 32]
+    assert [h["examples"] for h in history] == [8, 16, 24, 32]
     assert [h["kl/beta"] for h in history] == [h["kl/beta"] for h in reference]
     assert reference[-1]["kl/beta"] != reference[0]["kl/beta"]  # the controller moved
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.offline import METRICS_FILE
+from agents.common.config import OptimConfig
 from agents.common.policy import load_policy
+from agents.common.run import METRICS_FILE, TrainingStopped
 from agents.dpo import DPO, DPOConfig, dpo_loss
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
@@ -125,8 +126,8 @@ def test_dpo_reaches_the_closed_form_optimum_on_a_toy_problem(arithmetic_tokeniz
                 w, lose = (a, b) if win else (b, a)
                 pairs.append((prompt, completions[w], completions[lose]))
     config = DPOConfig(
-        beta=beta, learning_rate=3e-2, batch_size=2000, epochs=8.0, warmup_steps=5,
-        log_every=40, save_every=10_000, eval_prompts=0,
+        beta=beta, batch_size=2000, epochs=8.0, log_every=40, save_every=10_000, eval_prompts=0,
+        optim=OptimConfig(learning_rate=3e-2, warmup_steps=5, lr_schedule="linear"),
     )  # fmt: skip
     dpo = DPO(model, tok, pairs, config, tmp_path / "run")
     history = dpo.learn()
@@ -181,7 +182,7 @@ def test_resume_reproduces_an_uninterrupted_run(arithmetic_tokenizer, tmp_path):
 
     full = make("full")
     full_history = full.learn()
-    learn_until_killed(make("cut"), iteration=5, step="loss")
+    learn_until_killed(make("cut"), step=5)
     resumed = make("cut", resume=True)
     history = resumed.learn()
     assert [(h["step"], h["loss/total"]) for h in history] == [
@@ -207,8 +208,11 @@ def test_bad_input(tiny_policy, arithmetic_tokenizer, tmp_path):
             tmp_path / "run",
         )  # fmt: skip
     assert dpo.skipped_identical == 1 and len(dpo.chosen) == 1
-    with pytest.raises(ValueError, match="unknown loss_type 'hinge'"):
-        DPO(tiny_policy, arithmetic_tokenizer, [("a", "1", "2")], DPOConfig(loss_type="hinge"))
+    with pytest.raises(
+        ValueError,
+        match=r"loss_type must be one of \['conservative', 'ipo', 'sigmoid'\], got 'hinge'",
+    ):
+        DPOConfig(loss_type="hinge")
 
     other = llm_env.train_tokenizer(["the cat sat on the mat"] * 5, vocab_size=40)
     ref = llm_env.tiny_gpt2(other, n_layer=1, n_head=2, n_embd=32)
@@ -234,7 +238,7 @@ def test_nan_loss_stops_with_clear_message(tiny_policy, arithmetic_tokenizer, tm
         return chosen, rejected
 
     dpo.reference_logps = poisoned
-    with pytest.raises(Exception, match="non-finite loss .* at step"):
+    with pytest.raises(TrainingStopped, match=r"step \d+ .*loss/total is non-finite \(nan\)"):
         dpo.learn()
 
 

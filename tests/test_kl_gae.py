@@ -13,6 +13,7 @@ from agents.common.critic import ValueModel, completion_values
 from agents.common.kl import (
     AdaptiveKLController,
     FixedKLController,
+    KLConfig,
     exact_kl,
     kl_k1,
     kl_k2,
@@ -58,9 +59,9 @@ def test_sequence_kl_stats_sum_over_tokens_and_average_over_sequences():
 
 
 def test_kl_controllers():
-    fixed = make_kl_controller(0.1, None, 100)
+    fixed = make_kl_controller(KLConfig(beta=0.1))
     assert isinstance(fixed, FixedKLController) and fixed.update(5.0, 64) == 0.1
-    adaptive = make_kl_controller(0.1, 1.0, 100)
+    adaptive = make_kl_controller(KLConfig(beta=0.1, kl_target=1.0, kl_horizon=100))
     assert isinstance(adaptive, AdaptiveKLController)
     assert adaptive.update(2.0, 10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))  # error clipped
     adaptive = AdaptiveKLController(0.1, 1.0, 100)

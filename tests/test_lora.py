@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 
 import llm_env
 from agents.common.checkpoint import load_checkpoint_state
-from agents.common.config import dataclass_from_args
+from agents.common.config import OptimConfig, dataclass_from_args
+from agents.common.kl import KLConfig
 from agents.common.lora import (
     ADAPTER_DIR,
     BaseWeightsReference,
@@ -61,20 +62,26 @@ def with_expressive_head(model, scale: float = 6.0):
     return model
 
 
-def small_ppo(**overrides) -> PPOConfig:
+def small_ppo(optim=None, kl=None, lora=None, **overrides) -> PPOConfig:
     base = dict(
-        batch_size=16, minibatch_size=8, epochs=2, learning_rate=1e-2, precision="fp32",
-        save_every=0, log_every=0, lora_r=4, total_prompts=32,
+        batch_size=16, minibatch_size=8, epochs=2, precision="fp32", save_every=0, log_every=1,
+        total_prompts=32,
     )  # fmt: skip
-    return PPOConfig(**{**base, **overrides})
+    return PPOConfig(**{**base, **overrides}, **groups(optim, kl, lora))
 
 
-def small_reinforce(**overrides) -> ReinforceConfig:
-    base = dict(
-        batch_size=4, k=4, learning_rate=1e-2, precision="fp32", save_every=0, log_every=0,
-        lora_r=4, total_prompts=8,
-    )  # fmt: skip
-    return ReinforceConfig(**{**base, **overrides})
+def small_reinforce(optim=None, kl=None, lora=None, **overrides) -> ReinforceConfig:
+    base = dict(batch_size=4, k=4, precision="fp32", save_every=0, log_every=1, total_prompts=8)
+    return ReinforceConfig(**{**base, **overrides}, **groups(optim, kl, lora))
+
+
+def groups(optim: dict | None, kl: dict | None, lora: dict | None) -> dict:
+    """The option groups of the small configs: lr 1e-2, rank-4 adapters unless overridden."""
+    return {
+        "optim": OptimConfig(**{"learning_rate": 1e-2, **(optim or {})}),
+        "kl": KLConfig(**(kl or {})),
+        "lora": LoraOptions(**{"r": 4, **(lora or {})}),
+    }
 
 
 def lora_params(model) -> dict[str, torch.Tensor]:
@@ -101,8 +108,9 @@ def test_lora_ppo_reaches_closed_form_optimum_on_two_token_toy(tmp_path):
     target = toy.optimum(ref_probs, rewards, beta)
     assert toy.total_variation(ref_probs, target) > 0.25  # 0.30
     config = small_ppo(
-        batch_size=64, minibatch_size=32, epochs=4, learning_rate=5e-3, beta=beta, lam=1.0,
-        anneal_lr=True, total_prompts=64 * 80, lora_r=8, lora_alpha=16.0,
+        batch_size=64, minibatch_size=32, epochs=4, lam=1.0, total_prompts=64 * 80,
+        optim={"learning_rate": 5e-3, "lr_schedule": "linear"}, kl={"beta": beta},
+        lora={"r": 8, "alpha": 16.0},
     )  # fmt: skip
     agent = PPO(policy, tokenizer, toy.toy_env_kwargs(task), config, run_dir=tmp_path / "ppo")
     agent.learn()
@@ -134,7 +142,7 @@ def test_only_adapters_train_and_the_reference_is_the_shared_base(
     assert trainable and all(
         "lora_" in n for n, p in agent.policy.named_parameters() if p.requires_grad
     )
-    optimizer = agent.policy_opt if agent_cls is PPO else agent.optimizer
+    optimizer = agent.optimizers["policy"][0]
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
         id(p) for p in trainable
     }
@@ -168,7 +176,7 @@ def test_only_adapters_train_and_the_reference_is_the_shared_base(
 def test_final_dir_is_a_merged_plain_model_plus_the_adapter(arithmetic_tokenizer, tmp_path):
     agent = PPO(tiny(arithmetic_tokenizer), arithmetic_tokenizer, ARITH, small_ppo(), tmp_path)
     agent.learn()
-    assert json.loads((tmp_path / "config.json").read_text())["lora_r"] == 4
+    assert json.loads((tmp_path / "config.json").read_text())["lora"]["r"] == 4
     final = tmp_path / "final"
     with safe_open(final / "model.safetensors", framework="pt") as f:
         keys = list(f.keys())
@@ -189,16 +197,19 @@ def test_final_dir_is_a_merged_plain_model_plus_the_adapter(arithmetic_tokenizer
 def test_lora_resume_after_kill_reproduces_uninterrupted_run(tmp_path, arithmetic_tokenizer):
     def make(run_dir, resume=False):
         config = small_ppo(
-            save_every=2, resume=resume, total_prompts=16 * 5, kl_target=0.5, kl_horizon=100
+            save_every=2,
+            resume=resume,
+            total_prompts=16 * 5,
+            kl={"kl_target": 0.5, "kl_horizon": 100},
         )
         return PPO(tiny(arithmetic_tokenizer), arithmetic_tokenizer, ARITH, config, run_dir=run_dir)
 
     full = make(tmp_path / "full")
     reference = full.learn()
 
-    learn_until_killed(make(tmp_path / "resumed"), iteration=4)
+    learn_until_killed(make(tmp_path / "resumed"), step=4)
     checkpoint = tmp_path / "resumed" / "checkpoint"
-    assert load_checkpoint_state(checkpoint)["iteration"] == 2
+    assert load_checkpoint_state(checkpoint)["step"] == 2
     assert (checkpoint / "policy" / "adapter_model.safetensors").is_file()
     assert not (checkpoint / "policy" / "model.safetensors").exists()  # adapters only
 
@@ -219,8 +230,8 @@ def test_dpo_with_lora_trains_adapters_against_the_base(arithmetic_tokenizer, tm
     base_chosen = [sequence_logp(model, tok, p, c) for p, c, _ in rows]
     base_rejected = [sequence_logp(model, tok, p, r) for p, _, r in rows]
     config = DPOConfig(
-        batch_size=8, epochs=10.0, learning_rate=2e-2, warmup_steps=0, log_every=1,
-        save_every=100, eval_prompts=0, beta=1.0, lora_r=4,
+        batch_size=8, epochs=10.0, log_every=1, save_every=100, eval_prompts=0, beta=1.0,
+        optim=OptimConfig(learning_rate=2e-2, lr_schedule="linear"), lora=LoraOptions(r=4),
     )  # fmt: skip
     dpo = DPO(model, tok, rows, config, tmp_path / "run")
     assert dpo.ref_dir is None and isinstance(dpo.reference_model(), BaseWeightsReference)
@@ -252,38 +263,36 @@ def test_command_line_options_parse_into_the_configs():
     argv = ["--lora-r", "4", "--lora-target-modules", "c_attn,c_proj", "--lora-alpha", "8"]
     parser = ppo_script.build_parser(PPOConfig, "tokenmdp ppo", "")
     config = dataclass_from_args(PPOConfig, parser.parse_args(argv))
-    assert (config.lora_r, config.lora_alpha, config.lora_target_modules) == (
+    assert (config.lora.r, config.lora.alpha, config.lora.target_modules) == (
         4,
         8.0,
         "c_attn,c_proj",
     )
     assert "--lora-r" in parser.format_help() and "full fine-tuning" in parser.format_help()
     parser = ppo_script.build_parser(ReinforceConfig, "tokenmdp reinforce", "")
-    assert dataclass_from_args(ReinforceConfig, parser.parse_args(argv)).lora_r == 4
+    assert dataclass_from_args(ReinforceConfig, parser.parse_args(argv)).lora.r == 4
     args = dpo_script.build_parser().parse_args(["--policy", "p", "--pairs", "x.jsonl", *argv])
     config = dataclass_from_args(DPOConfig, args)
-    assert (config.lora_r, config.lora_target_modules) == (4, "c_attn,c_proj")
+    assert (config.lora.r, config.lora.target_modules) == (4, "c_attn,c_proj")
     assert (
         dataclass_from_args(
             PPOConfig, ppo_script.build_parser(PPOConfig, "p", "").parse_args([])
-        ).lora_r
+        ).lora.r
         == 0
     )
 
 
 def test_bad_lora_options(arithmetic_tokenizer):
-    with pytest.raises(ValueError, match="lora_r must be >= 0"):
-        PPOConfig(lora_r=-1)
-    with pytest.raises(ValueError, match="lora_r must be >= 0"):
-        ReinforceConfig(lora_r=-2)
-    with pytest.raises(ValueError, match="lora_dropout"):
-        DPOConfig(lora_r=4, lora_dropout=1.5)
+    with pytest.raises(ValueError, match="lora_r must be >= 0, got -1"):
+        LoraOptions(r=-1)
+    with pytest.raises(ValueError, match=r"lora_dropout must be in \[0.0, 1.0\), got 1.5"):
+        LoraOptions(r=4, dropout=1.5)
     policy = tiny(arithmetic_tokenizer)
     with pytest.raises(ValueError, match=r"\['q_proj'\] match none .*: c_attn, c_fc, c_proj"):
-        with_lora(policy, LoraOptions(lora_r=4, lora_target_modules="c_attn,q_proj"))
+        with_lora(policy, LoraOptions(r=4, target_modules="c_attn,q_proj"))
     with pytest.raises(ValueError, match="lm_head.*output head is never adapted"):
-        with_lora(policy, LoraOptions(lora_r=4, lora_target_modules="lm_head"))
-    assert with_lora(policy, LoraOptions(lora_r=0)) is policy
-    adapted = with_lora(policy, LoraOptions(lora_r=2, lora_target_modules="c_attn"))
+        with_lora(policy, LoraOptions(r=4, target_modules="lm_head"))
+    assert with_lora(policy, LoraOptions(r=0)) is policy
+    adapted = with_lora(policy, LoraOptions(r=2, target_modules="c_attn"))
     names = [n for n, p in adapted.named_parameters() if p.requires_grad]
     assert names and all(".attn.c_attn.lora_" in n for n in names)

@@ -9,6 +9,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
+from agents.common.config import OptimConfig
+from agents.common.kl import KLConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from scripts import ppo as ppo_script
@@ -16,7 +18,7 @@ from scripts import reinforce as reinforce_script
 from tests.arithmetic_policy import exact_match
 
 ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
-COMMON = dict(beta=0.02, precision="fp32", save_every=0, log_every=0)
+COMMON = dict(kl=KLConfig(beta=0.02), precision="fp32", save_every=0, log_every=1)
 
 AGENTS = {
     "ppo": (
@@ -35,7 +37,7 @@ LEARNING_RATES = {"ppo": 1e-3, "reinforce": 5e-4}
 @pytest.mark.parametrize("name", sorted(AGENTS))
 def test_rl_raises_exact_match(name, pretrained_arithmetic, arithmetic_task, tmp_path):
     agent_cls, config = AGENTS[name]
-    config = dataclasses.replace(config, learning_rate=LEARNING_RATES[name])
+    config = dataclasses.replace(config, optim=OptimConfig(learning_rate=LEARNING_RATES[name]))
     agent = agent_cls(str(pretrained_arithmetic), None, ARITH, config, run_dir=tmp_path)
     tokenizer, prompts = agent.tokenizer, arithmetic_task.train_prompts
     before = exact_match(agent.policy, tokenizer, prompts)
@@ -51,12 +53,12 @@ def test_rl_raises_exact_match(name, pretrained_arithmetic, arithmetic_task, tmp
 def test_cli_trains_and_saves(script, tmp_path, capsys):
     args = ["--task", "arithmetic", "--task-kwargs", '{"max_operand": 9}', "--runs-root",
             str(tmp_path), "--name", "cli", "--total-prompts", "16", "--batch-size", "8",
-            "--minibatch-size", "8", "--precision", "fp32", "--log-every", "0", "--threads", "2"]  # fmt: skip
+            "--minibatch-size", "8", "--precision", "fp32", "--threads", "2"]  # fmt: skip
     script.main(args)
     agent = "ppo" if script is ppo_script else "reinforce"
     run = tmp_path / "arithmetic" / f"{agent}-cli"
     assert json.loads((run / "config.json").read_text())["total_prompts"] == 16
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["prompts"] for m in lines] == [8, 16]
+    assert [m["examples"] for m in lines] == [8, 16]
     assert AutoModelForCausalLM.from_pretrained(run / "final").config.vocab_size > 0
     assert "final policy in" in capsys.readouterr().out

@@ -13,7 +13,9 @@ from transformers import AutoModelForCausalLM
 import agents.ppo
 import llm_env
 from agents.common.checkpoint import load_checkpoint_state
-from agents.common.online import TrainingStopped
+from agents.common.config import OptimConfig
+from agents.common.kl import KLConfig
+from agents.common.run import TrainingStopped
 from agents.ppo import PPO, PPOConfig
 from reward_models.base import FunctionRewardModel
 from tests import toy
@@ -23,12 +25,12 @@ ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
 VOLATILE = ("perf/", "time/")
 
 
-def small_config(**overrides) -> PPOConfig:
+def small_config(optim=None, kl=None, **overrides) -> PPOConfig:
     base = dict(
-        batch_size=16, minibatch_size=8, epochs=2, learning_rate=1e-3, precision="fp32",
-        save_every=0, log_every=0,
+        batch_size=16, minibatch_size=8, epochs=2, precision="fp32", save_every=0, log_every=1,
     )  # fmt: skip
-    return PPOConfig(**{**base, **overrides})
+    optim = OptimConfig(**{"learning_rate": 1e-3, **(optim or {})})
+    return PPOConfig(**{**base, **overrides}, optim=optim, kl=KLConfig(**(kl or {})))
 
 
 def stable(history: list[dict]) -> list[dict]:
@@ -45,8 +47,8 @@ def test_ppo_reaches_closed_form_optimum_on_two_token_toy(tmp_path):
     target = toy.optimum(toy.sequence_probs(policy, tokenizer, seqs), rewards, beta)
     assert toy.total_variation(toy.sequence_probs(policy, tokenizer, seqs), target) > 0.3
     config = small_config(
-        batch_size=64, minibatch_size=32, epochs=4, learning_rate=2e-3, beta=beta, lam=1.0,
-        anneal_lr=True, total_prompts=64 * 60,
+        batch_size=64, minibatch_size=32, epochs=4, lam=1.0, total_prompts=64 * 60,
+        optim={"learning_rate": 2e-3, "lr_schedule": "linear"}, kl={"beta": beta},
     )  # fmt: skip
     agent = PPO(policy, tokenizer, toy.toy_env_kwargs(task), config, run_dir=tmp_path / "ppo")
     history = agent.learn()
@@ -62,15 +64,18 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, arithmetic_tok
             arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32
         )
         config = small_config(
-            save_every=2, resume=resume, total_prompts=16 * 5, kl_target=0.5, kl_horizon=100
+            save_every=2,
+            resume=resume,
+            total_prompts=16 * 5,
+            kl={"kl_target": 0.5, "kl_horizon": 100},
         )
         return PPO(policy, arithmetic_tokenizer, ARITH, config, run_dir=run_dir)
 
     full = make(tmp_path / "full")
     reference = full.learn()
 
-    learn_until_killed(make(tmp_path / "resumed"), iteration=4)
-    assert load_checkpoint_state(tmp_path / "resumed" / "checkpoint")["iteration"] == 2
+    learn_until_killed(make(tmp_path / "resumed"), step=4)
+    assert load_checkpoint_state(tmp_path / "resumed" / "checkpoint")["step"] == 2
 
     resumed = make(tmp_path / "resumed", resume=True)
     history = resumed.learn()
@@ -81,7 +86,7 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, arithmetic_tok
     for a, b in zip(full.critic.parameters(), resumed.critic.parameters()):
         assert torch.equal(a, b)
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5]
 
 
 def test_non_finite_reward_stops_and_keeps_last_good_checkpoint(tmp_path, arithmetic_tokenizer):
@@ -96,11 +101,9 @@ def test_non_finite_reward_stops_and_keeps_last_good_checkpoint(tmp_path, arithm
     agent.learn(total_prompts=32)
     saved = {k: v.clone() for k, v in agent.policy.state_dict().items()}
     broken["on"] = True
-    with pytest.raises(
-        TrainingStopped, match=r"(?s)iteration 2.*flaky-rm.*nan.*last good checkpoint"
-    ):
+    with pytest.raises(TrainingStopped, match=r"(?s)step 3.*flaky-rm.*nan.*last good checkpoint"):
         agent.learn(total_prompts=64)
-    assert load_checkpoint_state(tmp_path / "checkpoint")["iteration"] == 2
+    assert load_checkpoint_state(tmp_path / "checkpoint")["step"] == 2
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint" / "policy")
     for k, v in reloaded.state_dict().items():
         assert torch.equal(v, saved[k])
@@ -121,7 +124,7 @@ def test_save_load_round_trip_and_run_dir_layout(tmp_path, arithmetic_tokenizer)
     policy = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32)
     agent = PPO(policy, arithmetic_tokenizer, ARITH, small_config(), tmp_path / "run")
     history = agent.learn(total_prompts=32)
-    assert [h["prompts"] for h in history] == [16, 32]
+    assert [h["examples"] for h in history] == [16, 32]
     run = tmp_path / "run"
     assert (run / "config.json").is_file() and list(run.glob("events.out.tfevents.*"))
     assert json.loads((run / "config.json").read_text())["batch_size"] == 16

@@ -8,14 +8,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import llm_env
+from agents.common.config import OptimConfig
+from agents.common.kl import KLConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from tests import toy
 from tests.test_ppo import ARITH, stable
 
 
-def small_config(**overrides) -> ReinforceConfig:
-    base = dict(batch_size=8, k=4, learning_rate=1e-3, precision="fp32", save_every=0, log_every=0)
-    return ReinforceConfig(**{**base, **overrides})
+def small_config(optim=None, kl=None, **overrides) -> ReinforceConfig:
+    base = dict(batch_size=8, k=4, precision="fp32", save_every=0, log_every=1)
+    optim = OptimConfig(**{"learning_rate": 1e-3, **(optim or {})})
+    return ReinforceConfig(**{**base, **overrides}, optim=optim, kl=KLConfig(**(kl or {})))
 
 
 @pytest.mark.parametrize(
@@ -33,8 +36,8 @@ def test_reinforce_reaches_closed_form_optimum(tmp_path, max_new_tokens, baselin
     )
     assert toy.total_variation(toy.sequence_probs(policy, tokenizer, seqs), target) > 0.3
     config = small_config(
-        batch_size=16, learning_rate=lr, beta=beta, baseline=baseline, anneal_lr=True,
-        total_prompts=16 * iterations,
+        batch_size=16, baseline=baseline, total_prompts=16 * iterations,
+        optim={"learning_rate": lr, "lr_schedule": "linear"}, kl={"beta": beta},
     )  # fmt: skip
     agent = Reinforce(policy, tokenizer, toy.toy_env_kwargs(task), config, run_dir=tmp_path)
     agent.learn()
@@ -75,4 +78,4 @@ def test_reinforce_resume_reproduces_uninterrupted_run(tmp_path, arithmetic_toke
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "final")
     ids = torch.tensor([[4, 5, 6]])
     torch.testing.assert_close(final(ids).logits, resumed.policy(ids).logits)
-    assert history[-1]["prompts"] == 32 and history[0]["kl/ref"] == pytest.approx(0.0, abs=1e-6)
+    assert history[-1]["examples"] == 32 and history[0]["kl/ref"] == pytest.approx(0.0, abs=1e-6)

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from agents.common.config import OptimConfig
+from agents.reward_model import RewardModelConfig, RewardModelTrainer, bradley_terry_loss
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
 from reward_models.learned import (
     NORM_FILE,
     LearnedRewardModel,
-    RewardModelConfig,
-    RewardModelTrainer,
-    bradley_terry_loss,
 )
 
 TEMPERATURE = 1.0
@@ -70,11 +69,12 @@ def test_reward_model_recovers_gold_ranking_near_bayes_optimal(policy_dir, tmp_p
     rows, bayes = synthetic_pairs(1600, seed=0)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
     config = RewardModelConfig(
-        learning_rate=5e-3, batch_size=32, epochs=3.0, heldout_fraction=0.25, log_every=20,
-        save_every=10_000, warmup_steps=5,
+        batch_size=32, epochs=3.0, heldout_fraction=0.25, log_every=20, save_every=10_000,
+        optim=OptimConfig(learning_rate=5e-3, warmup_steps=5, lr_schedule="linear"),
     )  # fmt: skip
     trainer = RewardModelTrainer(policy_dir, pairs, config, tmp_path / "run")
-    metrics = trainer.learn()
+    trainer.learn()
+    metrics = trainer.summary()
     # the Bayes rule (predict the higher gold score) on the same held-out labels:
     heldout = [rows[i] for i in trainer.heldout_idx]
     bayes_heldout = np.mean([r["chosen_gold"] > r["rejected_gold"] for r in heldout])
@@ -106,8 +106,8 @@ def test_identical_pairs_are_skipped_and_counted(policy_dir, tmp_path):
     with pytest.warns(UserWarning, match="skipped 2 row"):
         trainer = RewardModelTrainer(policy_dir, pairs, config, tmp_path / "run")
     assert trainer.skipped_identical == 2 and len(trainer.pairs) == 18
-    metrics = trainer.learn()
-    assert metrics["skipped_identical"] == 2
+    trainer.learn()
+    assert trainer.summary()["skipped_identical"] == 2
     assert not (trainer.save(tmp_path / "rm") / NORM_FILE).exists()
 
 
@@ -124,5 +124,5 @@ def test_bad_pairs_name_file_line_and_key(policy_dir, tmp_path):
     path.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "2"}\n')
     with pytest.raises(ValueError, match="no usable pairs"), pytest.warns(UserWarning):
         RewardModelTrainer(policy_dir, path, RewardModelConfig(), tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+    with pytest.raises(FileNotFoundError, match=r"init_policy_dir: '.*nowhere' is not a local"):
         RewardModelTrainer(tmp_path / "nowhere", path, RewardModelConfig(), tmp_path / "run")

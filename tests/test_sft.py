@@ -11,15 +11,10 @@ import torch
 
 import llm_env
 from agents.common.checkpoint import load_checkpoint_state
-from agents.common.offline import (
-    CHECKPOINT_DIR,
-    METRICS_FILE,
-    NonFiniteLossError,
-    batch_schedule,
-    encode_examples,
-    pad_batch,
-)
+from agents.common.config import OptimConfig
+from agents.common.offline import batch_schedule, encode_examples, pad_batch
 from agents.common.policy import load_policy
+from agents.common.run import CHECKPOINT_DIR, METRICS_FILE, TrainingStopped
 from agents.sft import SFT, SFTConfig, sft_loss
 from llm_env.tasks import JsonlError
 from tests.interrupt import learn_until_killed
@@ -27,10 +22,11 @@ from tests.interrupt import learn_until_killed
 
 def fast_config(**overrides) -> SFTConfig:
     base = dict(
-        learning_rate=5e-3, batch_size=16, epochs=15.0, warmup_steps=2, log_every=5,
-        save_every=1000, heldout_fraction=0.2, max_length=16, weight_decay=0.0,
+        batch_size=16, epochs=15.0, log_every=5, save_every=1000, heldout_fraction=0.2,
+        max_length=16,
     )  # fmt: skip
-    return SFTConfig(**{**base, **overrides})
+    optim = OptimConfig(learning_rate=5e-3, warmup_steps=2, lr_schedule="linear")
+    return SFTConfig(**{**base, **overrides}, optim=optim)
 
 
 def test_sft_loss_hand_computed():
@@ -102,7 +98,7 @@ def test_resume_reproduces_an_uninterrupted_run(arithmetic_task, arithmetic_toke
     full_history = full.learn()
 
     # the checkpoint of step 3 exists, step 5 never finishes
-    learn_until_killed(make("cut"), iteration=5, step="loss")
+    learn_until_killed(make("cut"), step=5)
     assert load_checkpoint_state(tmp_path / "cut" / CHECKPOINT_DIR)["step"] == 3
 
     resumed = make("cut")
@@ -131,7 +127,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
         return (loss * float("nan") if calls["n"] == 4 else loss), stats
 
     monkeypatch.setattr(SFT, "loss", nan_at_step_4)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 4.*checkpoint"):
+    with pytest.raises(
+        TrainingStopped, match=r"step 4 .*loss/total is non-finite \(nan\).*checkpoint"
+    ):
         sft.learn()
     assert load_checkpoint_state(tmp_path / "run" / CHECKPOINT_DIR)["step"] == 2
 

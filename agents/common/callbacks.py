@@ -13,8 +13,8 @@ them, or a function ``f(locals, globals) -> bool``. The agent plays SB3's model:
 
 One callback *step* is one iteration (online: a rollout batch and its update) or one optimiser
 step (offline). ``on_step()`` returning ``False`` stops training after that step, as in SB3;
-the final checkpoint and model are still written. ``callback.locals`` holds the loop's
-``metrics`` (online) or ``stats`` (offline) of the step. With several processes the callback runs
+the final checkpoint and model are still written. ``callback.locals`` holds the step's
+``stats`` (what the agent's ``_train_step`` returned). With several processes the callback runs
 on every process (writes through ``agent.save`` happen on the main one) and a stop anywhere stops
 every process.
 """
@@ -25,17 +25,6 @@ from typing import Any
 
 from agents.common.distributed import Distributed
 from agents.common.logging import RunLogger
-
-
-class OfflineModel:
-    """What an offline trainer shows callbacks besides ``save``: no env; ``num_timesteps``
-    and ``logger`` are kept up to date by the training loop."""
-
-    num_timesteps: int = 0
-    logger: RunLogger | None = None
-
-    def get_env(self) -> None:
-        return None
 
 
 class CallbackRunner:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,62 +48,93 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         generator.set_state(state["generator"])
 
 
-def save_checkpoint(
-    path: str | Path, models: dict[str, Any], state: dict[str, Any], tokenizer=None
-) -> Path:
-    """Write ``models`` (name → model with ``save_pretrained``), ``tokenizer`` and ``state``
-    to ``path`` atomically (the old checkpoint is replaced only once the new one is complete)."""
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed: incomplete, corrupt, or another agent's or config's.
+    The message names the file or the difference."""
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; once the block finishes, it replaces
+    ``path`` (an interrupted write leaves the previous ``path`` intact, or ``path.old`` that
+    ``load_checkpoint_state`` falls back to)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     old = path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, model in models.items():
-        model.save_pretrained(tmp / name, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp / name)
-    torch.save(state, tmp / STATE_FILE)
+    yield tmp
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
-    return path
+
+
+def save_checkpoint(
+    path: str | Path, models: dict[str, Any], state: dict[str, Any], tokenizer=None
+) -> Path:
+    """Write ``models`` (name → model with ``save_pretrained``), ``tokenizer`` and ``state``
+    to ``path`` atomically (the old checkpoint is replaced only once the new one is complete)."""
+    with atomic_directory(path) as tmp:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / name)
+        torch.save(state, tmp / STATE_FILE)
+    return Path(path)
 
 
 def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
     """``state.pt`` of a complete checkpoint (falls back to ``<path>.old`` if a rename was cut)."""
     path = Path(path)
-    if (
-        not (path / STATE_FILE).is_file()
-        and (path.with_name(path.name + ".old") / STATE_FILE).is_file()
-    ):
+    old = path.with_name(path.name + ".old")
+    if not (path / STATE_FILE).is_file() and (old / STATE_FILE).is_file():
         try:
-            os.replace(path.with_name(path.name + ".old"), path)
+            os.replace(old, path)
         except FileNotFoundError:  # another process of the same run moved it first
             pass
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"no complete checkpoint at {path} (missing {STATE_FILE})")
-    return torch.load(path / STATE_FILE, weights_only=True)
+        raise CheckpointError(f"no complete checkpoint at {path} (missing {path / STATE_FILE})")
+    try:
+        return torch.load(path / STATE_FILE, weights_only=True)
+    except Exception as e:  # truncated or corrupt: name the file
+        raise CheckpointError(
+            f"cannot read {path / STATE_FILE} (corrupt or truncated?): {e}"
+        ) from e
 
 
 def load_weights_into(model: torch.nn.Module, path: str | Path) -> None:
     """Copy the weights ``save_checkpoint`` wrote for ``model`` at ``path`` into it, in place
     (so optimisers keep pointing at its parameters). A LoRA policy's checkpoint is its adapter."""
-    if is_lora(model):
-        load_adapter_into(model, path)
-        return
-    if isinstance(model, ValueModel):
-        saved = ValueModel.from_pretrained(path)
-    else:
-        saved = type(model).from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
-        )
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"the checkpoint has no {path.name!r} weights: {path} is missing")
+    try:
+        if is_lora(model):
+            load_adapter_into(model, path)
+            return
+        if isinstance(model, ValueModel):
+            saved = ValueModel.from_pretrained(path)
+        else:
+            saved = type(model).from_pretrained(
+                path, local_files_only=True, trust_remote_code=False, use_safetensors=True
+            )
+    except (OSError, ValueError, RuntimeError) as e:  # safetensors' errors derive from these
+        files = ", ".join(sorted(f.name for f in path.iterdir()))
+        raise CheckpointError(f"cannot load the weights in {path} ({files}): {e}") from e
     model.load_state_dict(saved.state_dict())
 
 
-def has_checkpoint(path: str | Path) -> bool:
+def checkpoint_status(path: str | Path) -> str:
+    """``"complete"`` (or recoverable from ``<path>.old``), ``"incomplete"`` (the directory
+    exists without ``state.pt``) or ``"missing"``."""
     path = Path(path)
-    return (path / STATE_FILE).is_file() or (
-        path.with_name(path.name + ".old") / STATE_FILE
-    ).is_file()
+    old = path.with_name(path.name + ".old")
+    if (path / STATE_FILE).is_file() or (old / STATE_FILE).is_file():
+        return "complete"
+    return "incomplete" if path.is_dir() else "missing"
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    return checkpoint_status(path) == "complete"

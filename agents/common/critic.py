@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from agents.common.config import local_dir
 from agents.common.lora import plain_copy, unwrap
 from agents.common.policy import position_ids_from_mask
 
@@ -42,7 +43,10 @@ class ValueModel(nn.Module):
     def from_backbone(cls, path: str | Path) -> ValueModel:
         """The base model saved at ``path`` (e.g. a reward model) under a fresh value head."""
         backbone = AutoModel.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
+            local_dir("critic backbone", path),
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
         )
         return cls(backbone)
 

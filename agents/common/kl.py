@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from agents.common.config import check_choice, check_positive
+
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k1 = log π_θ − log π_ref per token; shapes (batch, T) → (batch, T)."""
@@ -116,14 +118,33 @@ class AdaptiveKLController:
         self.value = float(state["value"])
 
 
-def make_kl_controller(
-    beta: float, target: float | None, horizon: float
-) -> FixedKLController | AdaptiveKLController:
-    """Fixed β when ``target`` is None, else the adaptive controller."""
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if target is None:
-        return FixedKLController(beta)
-    if target <= 0 or horizon <= 0:
-        raise ValueError(f"kl_target and kl_horizon must be > 0, got {target}, {horizon}")
-    return AdaptiveKLController(beta, target, horizon)
+@dataclass
+class KLConfig:
+    """The KL regularisation of the online agents: the reference, β and its controller, and the
+    estimator that turns sampled log-ratios into the penalty."""
+
+    beta: float = 0.05
+    """Initial KL coefficient β (0 = no KL term)."""
+    kl_target: float | None = None
+    """Target sequence KL for the adaptive controller (None = fixed β)."""
+    kl_horizon: float = 10000.0
+    """Horizon (in prompts) of the adaptive KL controller."""
+    kl_estimator: str = "k1"
+    """Per-token estimator of KL(π_θ‖π_ref) in the penalty: k1 | k2 | k3 (Schulman 2020)."""
+    ref_policy: str | None = None
+    """Reference model directory (None = the initial policy: a frozen copy, or with LoRA the
+    base weights with the adapters disabled)."""
+
+    def __post_init__(self) -> None:
+        check_positive("beta", self.beta, float, allow_zero=True)
+        if self.kl_target is not None:
+            check_positive("kl_target", self.kl_target, float)
+        check_positive("kl_horizon", self.kl_horizon, float)
+        check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+
+
+def make_kl_controller(config: KLConfig) -> FixedKLController | AdaptiveKLController:
+    """Fixed β when ``config.kl_target`` is None, else the adaptive controller."""
+    if config.kl_target is None:
+        return FixedKLController(config.beta)
+    return AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon)

@@ -6,10 +6,11 @@ A run is one directory ``runs/<task>/<agent>-<name>/`` holding the TensorBoard e
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+
+from agents.common.config import to_jsonable
 
 TAGS = (
     "reward/train",  # the reward the agent optimises
@@ -32,17 +33,12 @@ def run_dir_for(root: str | Path, task: str, agent: str, name: str) -> Path:
     return Path(root) / task / f"{agent}-{name}"
 
 
-def to_jsonable(config: Any) -> Any:
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = dataclasses.asdict(config)
-    return json.loads(json.dumps(config, default=str))
-
-
 class RunLogger:
     """TensorBoard scalars + ``config.json`` for one run; ``enabled=False`` writes nothing
-    (non-main processes)."""
+    (non-main processes). ``purge_step``: a resumed run's x; events a killed run wrote past it
+    are dropped, so redone steps do not appear twice."""
 
-    def __init__(self, run_dir: str | Path, config: Any, enabled: bool = True):
+    def __init__(self, run_dir: str | Path, config: Any, enabled: bool = True, purge_step: int = 0):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.writer = None
@@ -53,7 +49,9 @@ class RunLogger:
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
-            self.writer = SummaryWriter(log_dir=str(self.run_dir))
+            self.writer = SummaryWriter(
+                log_dir=str(self.run_dir), purge_step=purge_step + 1 if purge_step else None
+            )
 
     def record(self, key: str, value: float, exclude: Any = None) -> None:
         """Stable-Baselines3's ``logger.record``: ``value`` is written with the next ``log()``

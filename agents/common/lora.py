@@ -1,6 +1,6 @@
 """LoRA adapters (Hu et al., 2021) for the PPO, REINFORCE and DPO policies, through ``peft``.
 
-With ``lora_r > 0`` the policy is the initial causal LM wrapped in a ``peft`` LoRA model: every
+With ``lora.r > 0`` (``--lora-r``) the policy is the initial causal LM wrapped in a ``peft`` LoRA model: every
 base weight is frozen and only the low-rank factors A, B of the adapted linear layers train
 (W x + (α/r)·B A x). B starts at zero, so the initial policy is exactly the base model.
 
@@ -51,6 +51,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from agents.common.config import check_positive, check_range
+
 ADAPTER = "default"  # peft's name of the one adapter we train
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -59,26 +61,24 @@ ALL_LINEAR = "all-linear"
 
 @dataclass
 class LoraOptions:
-    """LoRA options shared by the online agents (PPO, REINFORCE) and DPO."""
+    """LoRA options of the agents that train a policy against a reference (PPO, REINFORCE,
+    DPO); on the command line ``--lora-r``, ``--lora-alpha``, ..."""
 
-    lora_r: int = 0
+    r: int = 0
     """LoRA rank: train rank-r adapters on frozen base weights, the reference being the base
     model (adapters disabled, no second copy); 0 = full fine-tuning."""
-    lora_alpha: float = 16.0
+    alpha: float = 16.0
     """LoRA scale α: the adapted layer computes W x + (α/r)·B A x."""
-    lora_dropout: float = 0.0
+    dropout: float = 0.0
     """Dropout on the adapters' input (train mode only; the online agents run in eval mode)."""
-    lora_target_modules: str = ALL_LINEAR
+    target_modules: str = ALL_LINEAR
     """Comma-separated names of the linear layers to adapt (e.g. c_attn,c_proj for GPT-2);
     all-linear = every linear layer except the output head."""
 
     def __post_init__(self) -> None:
-        if self.lora_r < 0:
-            raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        check_positive("lora_r", self.r, allow_zero=True)
+        check_positive("lora_alpha", self.alpha, float)
+        check_range("lora_dropout", self.dropout, 0.0, 1.0, "[)")
 
 
 def is_lora(model: nn.Module) -> bool:
@@ -121,17 +121,17 @@ def target_modules(model: PreTrainedModel, spec: str) -> list[str] | str:
 
 
 def with_lora(model: PreTrainedModel, options: LoraOptions) -> nn.Module:
-    """``model`` wrapped in LoRA adapters when ``options.lora_r > 0`` (only the adapters are
+    """``model`` wrapped in LoRA adapters when ``options.r > 0`` (only the adapters are
     trainable; ``model`` itself gets the LoRA layers injected), else ``model`` unchanged."""
-    if options.lora_r == 0:
+    if options.r == 0:
         return model
     if is_lora(model):
         raise ValueError("the policy already carries peft adapters; pass the plain model")
     config = LoraConfig(
-        r=options.lora_r,
-        lora_alpha=options.lora_alpha,
-        lora_dropout=options.lora_dropout,
-        target_modules=target_modules(model, options.lora_target_modules),
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=target_modules(model, options.target_modules),
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
         task_type="CAUSAL_LM",
     )
