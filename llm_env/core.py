@@ -42,6 +42,14 @@ class EnvSetup:
     split: str
 
 
+def check_positive_int(name: str, value) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is an integer >= 1 (a bool is not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"{name} must be a positive integer (>= 1), got {value!r} ({type(value).__name__})"
+        )
+
+
 def resolve_setup(
     task: str | Task,
     task_kwargs: dict | None,
@@ -54,6 +62,18 @@ def resolve_setup(
     split: str,
 ) -> EnvSetup:
     """Fill in defaults from the task and check every argument, naming the one that is wrong."""
+    if task_kwargs is not None and not isinstance(task_kwargs, dict):
+        raise TypeError(
+            "task_kwargs must be a dict of task options (e.g. {'max_operand': 9}), got "
+            f"{type(task_kwargs).__name__} {task_kwargs!r}"
+        )
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("max_prompt_tokens", max_prompt_tokens),
+        ("vocab_size", vocab_size),
+    ):
+        if value is not None:
+            check_positive_int(name, value)
     task = make_task(task, **(task_kwargs or {}))
     task.prompts(split)  # validates the split name
     tokenizer = task.tokenizer() if tokenizer is None else load_tokenizer(tokenizer)
@@ -66,12 +86,6 @@ def resolve_setup(
             f"vocab_size={vocab_size} (the action space) is smaller than the tokenizer's "
             f"{n_tokens} tokens: every token id must be an action"
         )
-    for name, value in (
-        ("max_new_tokens", max_new_tokens),
-        ("max_prompt_tokens", max_prompt_tokens),
-    ):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if reward_model is None:
         if task.gold_reward is None:
             raise ValueError(f"task {task.name!r} has no gold reward: pass reward_model=...")

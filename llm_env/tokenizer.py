@@ -50,6 +50,11 @@ def load_tokenizer(spec: str | Path | PreTrainedTokenizerBase) -> PreTrainedToke
             f"tokenizer {str(spec)!r} is not a directory saved with save_pretrained "
             "(tokenmdp never downloads from a model hub)"
         )
+    if not (path / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(
+            f"tokenizer {str(spec)!r} has no tokenizer_config.json: not a directory saved with "
+            "save_pretrained"
+        )
     return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
 
 

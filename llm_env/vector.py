@@ -10,7 +10,14 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from llm_env.core import TokenBatch, as_token_ids, draw_prompt, observation_space, resolve_setup
+from llm_env.core import (
+    TokenBatch,
+    as_token_ids,
+    check_positive_int,
+    draw_prompt,
+    observation_space,
+    resolve_setup,
+)
 from llm_env.tasks import DEFAULT_TASK, Task
 
 _MODES = {m.value.lower(): m for m in AutoresetMode} | {
@@ -64,15 +71,14 @@ class TokenMDPVectorEnv(VectorEnv):
         render_mode: str | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     ):
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        check_positive_int("num_envs", num_envs)
         if isinstance(autoreset_mode, str):
-            if autoreset_mode.lower() not in _MODES:
-                raise ValueError(
-                    f"unknown autoreset_mode {autoreset_mode!r}; use 'next_step', 'same_step' or "
-                    "'disabled'"
-                )
-            autoreset_mode = _MODES[autoreset_mode.lower()]
+            autoreset_mode = _MODES.get(autoreset_mode.lower(), autoreset_mode)
+        if not isinstance(autoreset_mode, AutoresetMode):
+            raise ValueError(
+                f"unknown autoreset_mode {autoreset_mode!r}; use 'next_step', 'same_step' or "
+                "'disabled'"
+            )
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.setup = resolve_setup(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import reprlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -30,7 +31,15 @@ class RewardModel(Protocol):
 
 
 class RewardModelError(ValueError):
-    """A reward model returned something unusable; the message names the reward model."""
+    """A reward model failed or returned something unusable; the message names the reward model.
+
+    The online agents stop training on exactly this error, keeping the last good checkpoint.
+    """
+
+
+def _real(dtype: np.dtype) -> bool:
+    """Integer or floating point: what can become a float32 score (not bool, complex, text)."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
 class FunctionRewardModel:
@@ -41,7 +50,10 @@ class FunctionRewardModel:
         self.name = name
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.fn(prompts, completions), dtype=np.float32)
+        """float32 scores; anything but real numbers is returned as is, for ``checked_score``
+        to reject (a cast would turn ``"1.5"`` into 1.5)."""
+        scores = np.asarray(self.fn(prompts, completions))
+        return scores.astype(np.float32) if _real(scores.dtype) else scores
 
     def __repr__(self) -> str:
         return f"FunctionRewardModel({self.name})"
@@ -54,19 +66,33 @@ def reward_model_name(model: object) -> str:
 def checked_score(
     model: RewardModel, prompts: Sequence[str], completions: Sequence[str]
 ) -> np.ndarray:
-    """``model.score(...)`` validated: float32, shape ``[len(prompts)]``, every value finite."""
+    """``model.score(...)`` validated: float32, shape ``[len(prompts)]``, every value finite.
+
+    Whatever goes wrong — the model raises, or returns non-numbers, a wrong shape, NaN/inf — is
+    a ``RewardModelError`` naming the model (an exception it raised is the ``__cause__``).
+    """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     name = reward_model_name(model)
-    scores = np.asarray(model.score(list(prompts), list(completions)))
+    try:
+        raw = model.score(list(prompts), list(completions))
+    except Exception as e:
+        raise RewardModelError(f"reward model {name!r} raised {type(e).__name__}: {e}") from e
+    try:
+        scores = np.asarray(raw)
+    except Exception as e:  # ragged lists, tensors that require grad, ...
+        raise RewardModelError(
+            f"reward model {name!r} returned {reprlib.repr(raw)}, not an array of scores ({e})"
+        ) from e
+    if not _real(scores.dtype):
+        raise RewardModelError(
+            f"reward model {name!r} returned non-numeric scores {reprlib.repr(raw)} "
+            f"(dtype {scores.dtype}); expected {len(prompts)} real numbers"
+        )
     if scores.shape != (len(prompts),):
         raise RewardModelError(
             f"reward model {name!r} returned shape {scores.shape} for {len(prompts)} texts; "
             f"expected ({len(prompts)},)"
-        )
-    if not np.issubdtype(scores.dtype, np.number):
-        raise RewardModelError(
-            f"reward model {name!r} returned non-numeric scores ({scores.dtype})"
         )
     scores = scores.astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(scores))

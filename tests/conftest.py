@@ -1,6 +1,18 @@
-"""Tiny fixtures shared by the tests: the single-digit arithmetic task and its tokenizer."""
+"""Tiny fixtures shared by the tests: the single-digit arithmetic task and its tokenizer.
+
+Tests never use the network: the Hugging Face libraries run offline (set before they are
+imported), and ``no_network`` makes a connection to anything but loopback or a Unix socket raise
+``NetworkBlockedError`` in this process (subprocesses the tests launch are not patched).
+"""
 
 from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch
@@ -10,6 +22,52 @@ from llm_env.tasks import make_task
 
 torch.set_num_threads(2)
 torch.set_flush_denormal(True)  # denormals make CPU optimiser steps >10x slower
+
+
+class NetworkBlockedError(RuntimeError):
+    """A test tried to connect to another machine (not an OSError, so no library swallows it)."""
+
+
+def _is_loopback(host) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: reaching it would start with a DNS lookup
+        return False
+
+
+def _check(address) -> None:
+    if not _is_loopback(address[0]):
+        raise NetworkBlockedError(f"tests must not use the network: connection to {address!r}")
+
+
+def _guard_connect(connect):
+    def guarded(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            _check(address)
+        return connect(sock, address)
+
+    return guarded
+
+
+def _guard_create_connection(create_connection):
+    def guarded(address, *args, **kwargs):
+        _check(address)  # before the DNS lookup
+        return create_connection(address, *args, **kwargs)
+
+    return guarded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", _guard_connect(socket.socket.connect))
+        patch.setattr(socket.socket, "connect_ex", _guard_connect(socket.socket.connect_ex))
+        patch.setattr(
+            socket, "create_connection", _guard_create_connection(socket.create_connection)
+        )
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,13 @@ class Task:
     def __post_init__(self) -> None:
         if not self.train_prompts:
             raise ValueError(f"task {self.name!r} has no training prompts")
+        for split, prompts in (("train", self.train_prompts), ("eval", self.eval_prompts)):
+            for i, prompt in enumerate(prompts):
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise ValueError(
+                        f"task {self.name!r}: {split} prompt #{i} is {prompt!r}; every prompt "
+                        "must be a non-blank string"
+                    )
 
     def prompts(self, split: str) -> tuple[str, ...]:
         """The prompts of ``split`` ("train" or "eval"; a task without eval prompts reuses train)."""

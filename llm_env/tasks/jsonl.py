@@ -6,6 +6,7 @@ their data through it too, so every malformed row is reported the same way (file
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,38 +18,48 @@ class JsonlError(ValueError):
     """A JSONL file that cannot be used; the message names the file and the line."""
 
 
-def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
-    """Rows of ``path``; every row must be an object whose ``required`` keys hold strings.
+def read_jsonl(
+    path: str | Path, required: Sequence[str], nonblank: Sequence[str] = ()
+) -> list[dict]:
+    """Rows of ``path``; every row must be an object whose ``required`` keys hold strings, and
+    the ``nonblank`` ones (a subset of ``required``) more than whitespace.
 
-    Blank lines are skipped. Raises ``JsonlError`` naming the file, the 1-based line number and
-    the missing or mistyped key; an empty file is an error too.
+    The file must be UTF-8; blank lines are skipped. Raises ``JsonlError`` naming the file, the
+    1-based line number and the missing, mistyped or blank key (or the bad byte); an empty file
+    is an error too.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise JsonlError(
+            f"{path}:{lineno}: not valid UTF-8 (byte {data[e.start]:#04x}); save the file as UTF-8"
+        ) from None
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JsonlError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
+    for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JsonlError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for key in required:
+            if key not in row:
+                raise JsonlError(f"{path}:{lineno}: missing key {key!r} (row has {sorted(row)})")
+            if not isinstance(row[key], str):
                 raise JsonlError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                    f"{path}:{lineno}: key {key!r} must be a string, got {type(row[key]).__name__}"
                 )
-            for key in required:
-                if key not in row:
-                    raise JsonlError(
-                        f"{path}:{lineno}: missing key {key!r} (row has {sorted(row)})"
-                    )
-                if not isinstance(row[key], str):
-                    raise JsonlError(
-                        f"{path}:{lineno}: key {key!r} must be a string, got {type(row[key]).__name__}"
-                    )
-            rows.append(row)
+        for key in nonblank:
+            if not row[key].strip():
+                raise JsonlError(f"{path}:{lineno}: key {key!r} is blank ({row[key]!r})")
+        rows.append(row)
     if not rows:
         raise JsonlError(f"{path}: no rows (the file is empty)")
     return rows
@@ -62,11 +73,12 @@ def make_jsonl_task(
 ) -> Task:
     """Prompts from ``path`` (eval prompts from ``eval_path``, else the same prompts).
 
-    Rows that also carry a ``"completion"`` become demonstrations for SFT. The task has no
+    A blank prompt is an error naming its file and line. Rows that also carry a
+    ``"completion"`` become demonstrations for SFT. The task has no
     tokenizer or gold reward of its own: pass ``tokenizer=`` and ``reward_model=`` to the env.
     """
-    rows = read_jsonl(path, required=["prompt"])
-    eval_rows = read_jsonl(eval_path, required=["prompt"]) if eval_path else []
+    rows = read_jsonl(path, required=["prompt"], nonblank=["prompt"])
+    eval_rows = read_jsonl(eval_path, required=["prompt"], nonblank=["prompt"]) if eval_path else []
     return Task(
         name="jsonl",
         train_prompts=tuple(r["prompt"] for r in rows),
