@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import statistics
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.common.offline import sequence_logprobs
 from agents.common.policy import load_policy, set_num_threads
 from agents.dpo import DPO, DPOConfig, dpo_loss
 from agents.preferences import PreferenceConfig, sample_preferences
@@ -114,10 +116,11 @@ def run_trl(args, policy: Path, pairs: Path, out_dir: Path) -> tuple[float, floa
 def final_loss(dpo: DPO, model: torch.nn.Module) -> float:
     """DPO loss of ``model`` on every pair, against ``dpo``'s reference log-probs."""
     model.eval()
+    forward = functools.partial(sequence_logprobs, model)  # forward(batch, precision)
     losses = []
     for start in range(0, len(dpo.chosen), 128):
         idx = np.arange(start, min(start + 128, len(dpo.chosen)))
-        chosen, rejected, _ = dpo.pair_logps(model, idx)
+        chosen, rejected, _ = dpo.pair_logps(forward, idx)
         loss, _ = dpo_loss(
             chosen,
             rejected,
