@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
+from scripts.options import check_writable
+
+METHODS = ("ppo", "reinforce", "dpo")
 
 
 @dataclass
@@ -53,6 +57,46 @@ class PipelineConfig:
     precision: str = "fp32"
     """Matmul precision for training: fp32, bf16 or auto (bf16 where supported). The tiny default
     models train faster in fp32 on CPU; bf16 pays off for larger models."""
+
+    def __post_init__(self):
+        """Reject bad options before any stage runs, naming the option, value and choices."""
+        from agents.common.precision import PRECISIONS
+        from llm_env.tasks import TASKS
+
+        tasks = sorted(set(TASKS) - {"jsonl"})  # jsonl needs task options the pipeline lacks
+        if self.task not in tasks:
+            raise ValueError(f"--task {self.task!r}: unknown task; choose from {', '.join(tasks)}")
+        unknown = [m for m in split_list(self.methods) if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--methods {self.methods!r}: unknown method {', '.join(unknown)}; "
+                             f"choose from {', '.join(METHODS)}")  # fmt: skip
+        parse_betas(self.betas)
+        for option, value in (("--prompt-budget", self.prompt_budget),
+                              ("--eval-prompts", self.eval_prompts)):  # fmt: skip
+            if value < 0:
+                raise ValueError(f"{option} {value}: must be >= 0 (0 = the default for the mode)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
+
+
+def split_list(text: str) -> list[str]:
+    """The non-empty items of a comma-separated option."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_betas(text: str) -> list[float]:
+    """``--betas`` as floats; a ``ValueError`` names the option and the bad item."""
+    betas = []
+    for item in split_list(text):
+        try:
+            beta = float(item)
+        except ValueError:
+            beta = math.nan
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"--betas {text!r}: {item!r} is not a positive number; give "
+                             "comma-separated KL coefficients > 0, e.g. 0.02,0.1")  # fmt: skip
+        betas.append(beta)
+    return betas
 
 
 @dataclass
@@ -109,6 +153,7 @@ class Pipeline:
     """Runs the stages in order, skipping those whose marker file says they are done."""
 
     def __init__(self, config: PipelineConfig):
+        check_writable(config.out, "--out")
         self.config = config
         self.budget = QUICK if config.quick else DEFAULT
         if config.prompt_budget:
@@ -141,13 +186,8 @@ class Pipeline:
 
     def methods(self) -> list[tuple[str, str, float | None]]:
         """(agent, run name, beta) for every RL/DPO run of the study."""
-        names = [m.strip() for m in self.config.methods.split(",") if m.strip()]
-        unknown = set(names) - {"ppo", "reinforce", "dpo"}
-        if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from ppo, reinforce, dpo")
-        if self.config.ppo_gold:
-            names.append("ppo_gold")
-        betas = [float(b) for b in self.config.betas.split(",") if b.strip()] or [None]
+        names = split_list(self.config.methods) + (["ppo_gold"] if self.config.ppo_gold else [])
+        betas = parse_betas(self.config.betas) or [None]
         return [(m, m if b is None else f"{m}-beta{b:g}", b) for m in names for b in betas]
 
     # -- the study -------------------------------------------------------------------------------
@@ -289,8 +329,12 @@ class Pipeline:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenmdp pipeline", description=__doc__.split("\n\n")[0])
     add_dataclass_args(parser, PipelineConfig)
-    config = dataclass_from_args(PipelineConfig, parser.parse_args(argv))
-    Pipeline(config).run()
+    args = parser.parse_args(argv)
+    try:
+        pipeline = Pipeline(dataclass_from_args(PipelineConfig, args))
+    except ValueError as e:
+        parser.error(str(e))
+    pipeline.run()
 
 
 if __name__ == "__main__":
