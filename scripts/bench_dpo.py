@@ -31,6 +31,9 @@ from agents.dpo import DPO, DPOConfig, dpo_loss
 from agents.preferences import PreferenceConfig, sample_preferences
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task
+from scripts.options import parse_args_with_smoke
+
+SMOKE = {"num_pairs": 16, "batch_size": 4, "max_length": 32, "threads": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +136,7 @@ def final_loss(dpo: DPO, model: torch.nn.Module) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_smoke(build_parser(), argv, SMOKE)
     try:
         import trl  # noqa: F401
     except ImportError as e:

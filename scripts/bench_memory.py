@@ -35,6 +35,9 @@ from agents.dpo import DPO, DPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from llm_env.tasks import make_task
+from scripts.options import parse_args_with_smoke
+
+SMOKE = {"n_layer": 1, "n_embd": 64, "iterations": 1, "threads": 1}
 
 SETUPS = ("ppo-full", "ppo-lora", "reinforce-full", "reinforce-lora", "dpo-full", "dpo-lora")
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
     parser.add_argument("--threads", type=int, help="torch threads (default: every core)")
-    args = parser.parse_args(argv)
+    args = parse_args_with_smoke(parser, argv, SMOKE)
     if args.setup:
         print(json.dumps(run_setup(args.setup, args)))
         return

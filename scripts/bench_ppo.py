@@ -25,6 +25,9 @@ from agents.common.precision import autocast
 from agents.common.rollout import left_pad_prompts, rollout
 from agents.ppo import PPO, PPOConfig
 from llm_env.tasks import make_task
+from scripts.options import parse_args_with_smoke
+
+SMOKE = {"batch_size": 8, "minibatch_size": 4, "epochs": 1, "repeats": 1, "threads": 1}
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=int, default=3, help="timed runs per measurement (default: 3)"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: every core)")
-    args = parser.parse_args(argv)
+    args = parse_args_with_smoke(parser, argv, SMOKE)
     set_num_threads(args.threads)
 
     task = make_task(args.task)

@@ -1,5 +1,5 @@
-"""Checks the scripts share, so bad options fail before any work: JSON-valued options and output
-locations that cannot be written."""
+"""Command-line helpers the scripts share: checks that make bad options fail before any work
+(JSON-valued options, output locations that cannot be written) and the benchmarks' ``--smoke``."""
 
 from __future__ import annotations
 
@@ -54,3 +54,17 @@ def require_writable(
         check_writable(path, option, file)
     except ValueError as e:
         parser.error(str(e))
+
+
+def parse_args_with_smoke(
+    parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict
+) -> argparse.Namespace:
+    """Parse ``argv`` with a ``--smoke`` flag that swaps in the tiny sizes ``smoke`` as defaults
+    (options given explicitly still win): a run of seconds that checks the script end to end."""
+    sizes = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in smoke.items())
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes, seconds ({sizes})")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args(argv)
+    return args

@@ -1,12 +1,23 @@
-"""Bad options rejected before any work, with a message naming the option."""
+"""Every script in ``scripts/`` on tiny sizes: the trainer CLIs chained (sft → preferences →
+reward-model → dpo / ppo / reinforce), the benchmarks' ``--smoke`` runs, and bad options
+rejected before any work with a message naming the option."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from pathlib import Path
 
 import pytest
+import torch
 
 from scripts import (
+    bench_dpo,
+    bench_env,
+    bench_memory,
+    bench_ppo,
+    cli,
     compare,
     dpo,
     pipeline,
@@ -18,6 +29,118 @@ from scripts import (
     sft,
 )
 from scripts.options import check_writable
+
+TASK = ["--task", "arithmetic", "--task-kwargs", '{"max_operand": 9}']
+TINY_MODEL = '{"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}'
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The scripts set torch's thread count for the process; later tests get it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny policy, preference pairs and a reward model, each made by its CLI (pairs labelled
+    by length: an untrained policy's sums are all wrong, so their gold rewards all tie)."""
+    out = tmp_path_factory.mktemp("cli")
+    runs = out / "runs"
+    cli.main(["sft", *TASK, "--model-kwargs", TINY_MODEL, "--out", str(out / "policy"),
+              "--run-dir", str(runs / "sft"), "--max-steps", "3", "--batch-size", "16"])  # fmt: skip
+    preferences.main(["--policy", str(out / "policy"), *TASK, "--out", str(out / "pairs.jsonl"),
+                      "--num-prompts", "16", "--num-envs", "16",
+                      "--gold-reward-model", "length"])  # fmt: skip
+    reward_model.main(["--policy", str(out / "policy"), "--pairs", str(out / "pairs.jsonl"),
+                       "--out", str(out / "rm"), "--run-dir", str(runs / "rm"),
+                       "--max-steps", "2", "--batch-size", "4"])  # fmt: skip
+    return out
+
+
+def test_sft_preferences_reward_model_clis(trained):
+    assert (trained / "policy" / "model.safetensors").is_file()
+    rows = (trained / "pairs.jsonl").read_text().splitlines()
+    assert rows and {"prompt", "chosen", "rejected"} <= json.loads(rows[0]).keys()
+    assert (trained / "rm" / "config.json").is_file()
+    assert list((trained / "runs" / "rm").glob("events.out.tfevents.*"))
+
+
+def test_dpo_cli(trained, tmp_path, capsys):
+    dpo.main(["--policy", str(trained / "policy"), "--pairs", str(trained / "pairs.jsonl"),
+              *TASK, "--run-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4",
+              "--eval-prompts", "4", "--eval-num-envs", "4"])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert math.isfinite(summary["loss/total"]) and "reward/gold" in summary
+    assert (Path(summary["final_policy"]) / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "main, sizes",
+    [
+        (ppo.main, ["--batch-size", "4", "--minibatch-size", "2", "--epochs", "1"]),
+        (reinforce.main, ["--batch-size", "2", "--k", "2", "--minibatch-size", "4"]),
+    ],
+    ids=["ppo", "reinforce"],
+)
+def test_ppo_and_reinforce_clis(trained, tmp_path, capsys, main, sizes):
+    main(["--policy", str(trained / "policy"), *TASK, "--reward-model", str(trained / "rm"),
+          "--max-new-tokens", "4", "--run-dir", str(tmp_path), "--total-prompts", "4",
+          "--precision", "fp32", *sizes])  # fmt: skip
+    assert "\ndone: {" in capsys.readouterr().out
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+def test_cli_help_and_demo(capsys):
+    cli.main(["--help"])
+    assert "commands:" in capsys.readouterr().out
+    cli.main(["demo", "--task", "arithmetic", "--num-envs", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("reward=" in line for line in lines)
+
+
+def test_sb3_baseline_cli(tmp_path, capsys):
+    sb3_baseline.main(["--timesteps", "512", "--run-dir", str(tmp_path)])
+    result = json.loads(capsys.readouterr().out)
+    assert result.keys() == {"reward_before", "reward_after"}
+    assert (tmp_path / "sb3_ppo.zip").is_file()
+
+
+def ratios(text: str, pattern: str = r"ratio=(\S+)") -> list[float]:
+    return [float(m) for m in re.findall(pattern, text)]
+
+
+@pytest.mark.parametrize("main, tag", [(bench_env.main, "env_rollout_vs_generate"),
+                                       (bench_ppo.main, "ppo_iter_vs_primitives")],
+                         ids=["bench_env", "bench_ppo"])  # fmt: skip
+def test_benchmark_smoke(capsys, main, tag):
+    main(["--smoke"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"{tag} ratio=")
+    assert all(math.isfinite(r) and r > 0 for r in ratios(line))
+
+
+def test_bench_dpo_smoke(capsys):
+    pytest.importorskip("trl")
+    bench_dpo.main(["--smoke"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("dpo_epoch_vs_trl ratio=")
+    (ratio,) = ratios(line)
+    assert math.isfinite(ratio) and ratio > 0
+    assert "pairs=" in line and "final_loss ours=" in line
+
+
+@pytest.mark.slow
+def test_bench_memory_smoke(capsys):
+    bench_memory.main(["--smoke"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == list(bench_memory.SETUPS)
+    vs_full = ratios("\n".join(lines), r" x(\d\S*)")
+    assert len(vs_full) == 6 and all(math.isfinite(r) and r > 0 for r in vs_full)
+
+
+# -- bad options fail before any work, naming the option ---------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -46,6 +169,11 @@ def test_pipeline_rejects_bad_options_before_any_stage(
         pipeline.PipelineConfig(**{field: type(getattr(pipeline.PipelineConfig(), field))(value)})
 
 
+def script(value) -> str | None:
+    """Test ids: a script's ``main`` by its module name."""
+    return value.__module__.rsplit(".", 1)[-1] if callable(value) else None
+
+
 REQUIRED = {  # the other options each script needs to get past argparse
     sft.main: ["--task", "arithmetic", "--out", "{tmp}/policy"],
     preferences.main: ["--policy", "{tmp}/p", "--out", "{tmp}/pairs.jsonl"],
@@ -58,6 +186,7 @@ REQUIRED = {  # the other options each script needs to get past argparse
 @pytest.mark.parametrize(
     "main, option",
     [(main, "--task-kwargs") for main in REQUIRED] + [(sft.main, "--model-kwargs")],
+    ids=script,
 )
 @pytest.mark.parametrize("value", ["{max_operand: 9}", "[9]"])
 def test_json_options_are_checked_by_argparse(main, option, value, tmp_path, capsys):
@@ -80,7 +209,7 @@ def test_json_options_are_checked_by_argparse(main, option, value, tmp_path, cap
             reward_model.main,
             ["--policy", "p", "--pairs", "x", "--out", "{tmp}/o", "--run-dir", "{bad}"],
             "--run-dir",
-        ),  # fmt: skip
+        ),
         (dpo.main, ["--policy", "p", "--pairs", "x", "--run-dir", "{bad}"], "--run-dir"),
         (ppo.main, ["--run-dir", "{bad}"], "--run-dir"),
         (ppo.main, ["--run-dir", "{tmp}/r", "--out", "{bad}"], "--out"),
@@ -89,6 +218,7 @@ def test_json_options_are_checked_by_argparse(main, option, value, tmp_path, cap
         (compare.main, ["{tmp}", "--out", "{bad}"], "--out"),
         (pipeline.main, ["--out", "{bad}"], "--out"),
     ],
+    ids=script,
 )
 def test_unwritable_output_fails_before_training(main, argv, option, tmp_path, capsys):
     blocker = tmp_path / "a-file"
