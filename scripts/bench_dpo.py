@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import statistics
@@ -24,11 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.common.config import OptimConfig
+from agents.common.offline import sequence_logprobs
 from agents.common.policy import load_policy, set_num_threads
 from agents.dpo import DPO, DPOConfig, dpo_loss
 from agents.preferences import PreferenceConfig, sample_preferences
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task
+from scripts.options import parse_args_with_smoke
+
+SMOKE = {"num_pairs": 16, "batch_size": 4, "max_length": 32, "threads": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,9 +73,9 @@ def prepare(args, work: Path) -> tuple[Path, Path]:
 
 def run_ours(args, policy: Path, pairs: Path, run_dir: Path) -> tuple[float, float, DPO]:
     config = DPOConfig(
-        seed=args.seed, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        beta=args.beta, max_length=args.max_length, epochs=1.0, warmup_steps=0,
-        save_every=10**9, eval_prompts=0,
+        seed=args.seed, batch_size=args.batch_size, beta=args.beta, max_length=args.max_length,
+        epochs=1.0, save_every=10**9, eval_prompts=0,
+        optim=OptimConfig(learning_rate=args.learning_rate, lr_schedule="linear"),
     )  # fmt: skip
     start = time.perf_counter()
     dpo = DPO(str(policy), None, str(pairs), config, run_dir)
@@ -114,10 +120,11 @@ def run_trl(args, policy: Path, pairs: Path, out_dir: Path) -> tuple[float, floa
 def final_loss(dpo: DPO, model: torch.nn.Module) -> float:
     """DPO loss of ``model`` on every pair, against ``dpo``'s reference log-probs."""
     model.eval()
+    forward = functools.partial(sequence_logprobs, model)  # forward(batch, precision)
     losses = []
     for start in range(0, len(dpo.chosen), 128):
         idx = np.arange(start, min(start + 128, len(dpo.chosen)))
-        chosen, rejected, _ = dpo.pair_logps(model, idx)
+        chosen, rejected, _ = dpo.pair_logps(forward, idx)
         loss, _ = dpo_loss(
             chosen,
             rejected,
@@ -130,7 +137,7 @@ def final_loss(dpo: DPO, model: torch.nn.Module) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_smoke(build_parser(), argv, SMOKE)
     try:
         import trl  # noqa: F401
     except ImportError as e:

@@ -18,6 +18,9 @@ import llm_env
 from agents.common.policy import SamplingConfig, set_num_threads
 from agents.common.rollout import left_pad_prompts, rollout
 from llm_env import TokenMDPVectorEnv
+from scripts.options import parse_args_with_smoke
+
+SMOKE = {"batch_size": 4, "new_tokens": 8, "repeats": 1}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = parse_args_with_smoke(parser, argv, SMOKE)
     set_num_threads()
     env = TokenMDPVectorEnv(
         args.batch_size, max_new_tokens=args.new_tokens, autoreset_mode="disabled"

@@ -29,12 +29,15 @@ import tempfile
 from pathlib import Path
 
 import llm_env
-from agents.common.lora import BaseWeightsReference
+from agents.common.lora import BaseWeightsReference, LoraOptions
 from agents.common.policy import set_num_threads
 from agents.dpo import DPO, DPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from llm_env.tasks import make_task
+from scripts.options import parse_args_with_smoke
+
+SMOKE = {"n_layer": 1, "n_embd": 64, "iterations": 1, "threads": 1}
 
 SETUPS = ("ppo-full", "ppo-lora", "reinforce-full", "reinforce-lora", "dpo-full", "dpo-lora")
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +72,7 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict:
     """Build and train one setup in this process; return its measurements."""
     set_num_threads(args.threads)
     agent_name, mode = setup.split("-")
-    lora = {"lora_r": args.lora_r} if mode == "lora" else {}
+    lora = {"lora": LoraOptions(r=args.lora_r)} if mode == "lora" else {}
     task = make_task("sentiment")
     tokenizer = task.tokenizer()
     policy = llm_env.tiny_gpt2(
@@ -77,7 +80,7 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict:
     )
     one_model = sum(p.numel() * p.element_size() for p in policy.parameters())
     env = {"task": "sentiment", "max_new_tokens": 8}
-    online = dict(save_every=0, log_every=0)
+    online = dict(save_every=0, log_every=1)
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-memory-{setup}-"))
     common = dict(precision="fp32", seed=0, **lora)
     base_rss = rss_mib("VmRSS")
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
     parser.add_argument("--threads", type=int, help="torch threads (default: every core)")
-    args = parser.parse_args(argv)
+    args = parse_args_with_smoke(parser, argv, SMOKE)
     if args.setup:
         print(json.dumps(run_setup(args.setup, args)))
         return

@@ -20,11 +20,15 @@ import torch
 
 import llm_env
 from agents.common.critic import completion_values
+from agents.common.online import draw_prompts
 from agents.common.policy import completion_logits, set_num_threads
 from agents.common.precision import autocast
 from agents.common.rollout import left_pad_prompts, rollout
 from agents.ppo import PPO, PPOConfig
 from llm_env.tasks import make_task
+from scripts.options import parse_args_with_smoke
+
+SMOKE = {"batch_size": 8, "minibatch_size": 4, "epochs": 1, "repeats": 1, "threads": 1}
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=int, default=3, help="timed runs per measurement (default: 3)"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: every core)")
-    args = parser.parse_args(argv)
+    args = parse_args_with_smoke(parser, argv, SMOKE)
     set_num_threads(args.threads)
 
     task = make_task(args.task)
@@ -63,10 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     policy = llm_env.tiny_gpt2(tokenizer)
     config = PPOConfig(
         batch_size=args.batch_size, minibatch_size=args.minibatch_size, epochs=args.epochs,
-        precision=args.precision, save_every=0, log_every=0,
+        precision=args.precision, save_every=0, log_every=1,
     )  # fmt: skip
     agent = PPO(policy, tokenizer, {"task": args.task}, config, run_dir="/tmp/bench_ppo")
-    env, prompts = agent.env, agent._draw_prompts()
+    env = agent.env
+    prompts = draw_prompts(task.prompts("train"), args.batch_size, config.seed, 0)
     max_new = env.setup.max_new_tokens
     print(f"model: tiny GPT-2, {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M params; "
           f"task {args.task}; batch {args.batch_size}; max_new_tokens {max_new}; "
@@ -130,11 +135,12 @@ def main(argv: list[str] | None = None) -> None:
                         roll.prompt_width,
                     )
                 loss = logits.float().mean() + values.mean()
-                agent.policy_opt.zero_grad()
-                agent.critic_opt.zero_grad()
+                optimizers = [opt for opt, _ in agent.optimizers.values()]
+                for opt in optimizers:
+                    opt.zero_grad()
                 loss.backward()
-                agent.policy_opt.step()
-                agent.critic_opt.step()
+                for opt in optimizers:
+                    opt.step()
 
     t_train, _ = timed(train_passes, args.repeats)
     primitives = t_roll + t_pol + t_ref + t_critic + t_train

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from scripts.options import require_writable
 from scripts.report import SUMMARY_COLUMNS, find_agent_runs, markdown_table, write_report
 
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", help="run directories (searched recursively)")
     parser.add_argument("--out", default="runs/compare", help="where the report is written")
     args = parser.parse_args(argv)
+    require_writable(parser, "--out", args.out)
     runs = find_agent_runs(args.run_dirs)
     if not runs:
         raise SystemExit(f"no TensorBoard event files found under {args.run_dirs}")

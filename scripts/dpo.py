@@ -16,6 +16,7 @@ from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.common.run import FINAL_DIR
 from agents.dpo import DPO, DPOConfig
+from scripts.options import json_object, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="task whose held-out prompts are sampled at evaluation points; 'none' = no "
         "evaluation (default: sentiment)",
     )
-    io.add_argument("--task-kwargs", default="{}", help="task options as JSON (default: {})")
+    io.add_argument(
+        "--task-kwargs", type=json_object, default="{}", help="task options as JSON (default: {})"
+    )
     io.add_argument("--run-dir", help="run directory (default: runs/<task>/dpo-<name>)")
     io.add_argument("--name", default="default", help="run name for the default run directory")
     add_dataclass_args(parser, DPOConfig, title="training (DPOConfig)")
@@ -41,15 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir or run_dir_for("runs", args.task, "dpo", args.name)
+    require_writable(parser, "--run-dir", run_dir)
     set_num_threads()
     config = dataclass_from_args(DPOConfig, args)
     env_kwargs = (
-        None
-        if args.task == "none"
-        else {"task": args.task, "task_kwargs": json.loads(args.task_kwargs)}
+        None if args.task == "none" else {"task": args.task, "task_kwargs": args.task_kwargs}
     )
-    run_dir = args.run_dir or run_dir_for("runs", args.task, "dpo", args.name)
     dpo = DPO(args.policy, args.tokenizer, args.pairs, config, run_dir, env_kwargs, args.ref_policy)
     history = dpo.learn()
     print_on_main(json.dumps({"final_policy": str(dpo.run_dir / FINAL_DIR), **history[-1]}))

@@ -1,7 +1,14 @@
 """``tokenmdp pipeline``: the whole RLHF-vs-DPO study on a built-in task, end to end, offline.
 
-Stages (each resumable and skippable: a finished stage leaves ``stages/<stage>.json`` and is
-reused when the pipeline is run again; an unfinished agent resumes from its checkpoint):
+Stages are keyed by their inputs: the options and stage sizes a stage uses and the keys of the
+stages it builds on, hashed (sha256 of canonical JSON). A finished stage leaves
+``stages/<stage>.json`` holding its key and is reused only while the key matches; an unfinished
+stage with the same key resumes (its agent from its last checkpoint). When the key changed, the
+stage's outputs (its agent's run directory, the models or pairs it wrote) are deleted and it is
+rerun from scratch, and so, through their keys, are the stages downstream of it.
+``stages/<stage>.inputs.json`` records the inputs of the stage's latest attempt, to say what
+changed. The stages:
+
 1. ``sft``: build the task tokenizer and a tiny GPT-2; pre-train / SFT it on the task corpus.
 2. ``preferences``: sample k completions per prompt from the SFT policy through the env, label
    pairs with Bradley–Terry noise on the gold reward.  ``reward_model``: train the BT model.
@@ -15,10 +22,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import hashlib
 import json
+import math
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
+from scripts.options import check_writable
+
+METHODS = ("ppo", "reinforce", "dpo")
 
 
 @dataclass
@@ -53,6 +67,68 @@ class PipelineConfig:
     precision: str = "fp32"
     """Matmul precision for training: fp32, bf16 or auto (bf16 where supported). The tiny default
     models train faster in fp32 on CPU; bf16 pays off for larger models."""
+
+    def __post_init__(self):
+        """Reject bad options before any stage runs, naming the option, value and choices."""
+        from agents.common.precision import PRECISIONS
+        from llm_env.tasks import TASKS
+
+        tasks = sorted(set(TASKS) - {"jsonl"})  # jsonl needs task options the pipeline lacks
+        if self.task not in tasks:
+            raise ValueError(f"--task {self.task!r}: unknown task; choose from {', '.join(tasks)}")
+        unknown = [m for m in split_list(self.methods) if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--methods {self.methods!r}: unknown method {', '.join(unknown)}; "
+                             f"choose from {', '.join(METHODS)}")  # fmt: skip
+        parse_betas(self.betas)
+        for option, value in (("--prompt-budget", self.prompt_budget),
+                              ("--eval-prompts", self.eval_prompts)):  # fmt: skip
+            if value < 0:
+                raise ValueError(f"{option} {value}: must be >= 0 (0 = the default for the mode)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
+
+
+def split_list(text: str) -> list[str]:
+    """The non-empty items of a comma-separated option."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_betas(text: str) -> list[float]:
+    """``--betas`` as floats; a ``ValueError`` names the option and the bad item."""
+    betas = []
+    for item in split_list(text):
+        try:
+            beta = float(item)
+        except ValueError:
+            beta = math.nan
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"--betas {text!r}: {item!r} is not a positive number; give "
+                             "comma-separated KL coefficients > 0, e.g. 0.02,0.1")  # fmt: skip
+        betas.append(beta)
+    return betas
+
+
+def stage_key(inputs: dict) -> str:
+    """sha256 of the canonical JSON of a stage's inputs."""
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """``"seed 0 → 1, sft changed"``: the inputs that differ, upstream stages by name."""
+    changes = [f"{name} changed" for name in new.get("upstream", {})
+               if old.get("upstream", {}).get(name) != new["upstream"][name]]  # fmt: skip
+    changes += [f"{k} {old.get(k)} → {new.get(k)}" for k in sorted(old.keys() | new.keys())
+                if k != "upstream" and old.get(k) != new.get(k)]  # fmt: skip
+    return ", ".join(changes) or "upstream stages removed"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file renamed into place)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -106,9 +182,10 @@ def measured(run_dir: Path):
 
 
 class Pipeline:
-    """Runs the stages in order, skipping those whose marker file says they are done."""
+    """Runs the stages in order, reusing those finished earlier with the same inputs."""
 
     def __init__(self, config: PipelineConfig):
+        check_writable(config.out, "--out")
         self.config = config
         self.budget = QUICK if config.quick else DEFAULT
         if config.prompt_budget:
@@ -121,49 +198,70 @@ class Pipeline:
         self.sft_dir = self.out / "models" / "sft"
         self.rm_dir = self.out / "models" / "reward_model"
         self.pairs = self.out / "data" / "preferences.jsonl"
+        self.keys: dict[str, str] = {}  # stage name -> key, filled as the stages run
 
     # -- stage bookkeeping -----------------------------------------------------------------------
-    def stage(self, name: str, fn: Callable[[], dict]) -> dict:
+    def stage(
+        self,
+        name: str,
+        inputs: dict,
+        fn: Callable[[], dict],
+        outputs: list[Path],
+        after: Sequence[str] = (),
+    ) -> dict:
+        """Run ``fn`` unless a finished run of stage ``name`` has the same key: ``inputs`` plus
+        the keys of the stages ``after``. A changed key first deletes ``outputs``."""
+        inputs = {**inputs, "upstream": {stage: self.keys[stage] for stage in after}}
+        key = self.keys[name] = stage_key(inputs)
         marker = self.stages / f"{name}.json"
-        if marker.is_file():
-            print(f"== {name}: done earlier, reusing {marker}")
-            return json.loads(marker.read_text())
-        print(f"== {name}")
+        record = self.stages / f"{name}.inputs.json"
+        done = json.loads(marker.read_text()) if marker.is_file() else {}
+        if done.get("key") == key:
+            print(f"== {name}: done earlier with the same inputs, reusing {marker}")
+            return done
+        previous = json.loads(record.read_text()) if record.is_file() else {}
+        if previous.get("key") == key:
+            print(f"== {name}: unfinished earlier with the same inputs, resuming")
+        elif previous or done or any(p.exists() for p in outputs):
+            why = (f"inputs changed ({describe_changes(previous['inputs'], inputs)})"
+                   if previous else "no record of its inputs")  # fmt: skip
+            print(f"== {name}: {why}, rerunning")
+            marker.unlink(missing_ok=True)
+            for path in outputs:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        else:
+            print(f"== {name}")
+        self.stages.mkdir(parents=True, exist_ok=True)
+        write_json(record, {"key": key, "inputs": inputs})
         start = time.perf_counter()
         result = fn() or {}
         result["seconds"] = time.perf_counter() - start
-        self.stages.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=float))
-        os.replace(tmp, marker)
+        result["key"] = key
+        write_json(marker, result)
         print(f"   {name} finished in {result['seconds']:.0f}s")
         return result
 
     def methods(self) -> list[tuple[str, str, float | None]]:
         """(agent, run name, beta) for every RL/DPO run of the study."""
-        names = [m.strip() for m in self.config.methods.split(",") if m.strip()]
-        unknown = set(names) - {"ppo", "reinforce", "dpo"}
-        if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from ppo, reinforce, dpo")
-        if self.config.ppo_gold:
-            names.append("ppo_gold")
-        betas = [float(b) for b in self.config.betas.split(",") if b.strip()] or [None]
+        names = split_list(self.config.methods) + (["ppo_gold"] if self.config.ppo_gold else [])
+        betas = parse_betas(self.config.betas) or [None]
         return [(m, m if b is None else f"{m}-beta{b:g}", b) for m in names for b in betas]
+
+    def method_dir(self, agent: str, name: str) -> Path:
+        return self.agents_dir / f"{agent.replace('_gold', '')}-{name}"
 
     # -- the study -------------------------------------------------------------------------------
     def run(self) -> dict:
-        from agents.common.policy import set_num_threads
-
-        set_num_threads()
-        self.stage("sft", self.train_sft)
-        self.stage("preferences", self.make_preferences)
-        self.stage("reward_model", self.train_reward_model)
-        for agent, name, beta in self.methods():
-            self.stage(name, lambda a=agent, n=name, b=beta: self.train_method(a, n, b))
-        evals = self.stage("evaluate", self.evaluate)["evaluations"]
+        """Every stage, then the report on this study's runs (not stale ones in ``--out``)."""
+        evals = self.run_stages()
         from scripts.report import find_agent_runs, markdown_table, write_report
 
-        runs = find_agent_runs([self.agents_dir])
+        run_dirs = [self.agents_dir / "sft-pretrain", self.agents_dir / "rm-bradley_terry"]
+        run_dirs += [self.method_dir(agent, name) for agent, name, _ in self.methods()]
+        runs = find_agent_runs(sorted(run_dirs))
         results = write_report(runs, evals, self.out)
         print(markdown_table(
             evals, [("name", "policy", 0), ("gold_reward", "gold", 3),
@@ -171,6 +269,37 @@ class Pipeline:
         ))  # fmt: skip
         print(f"\nreport: {self.out / 'report.md'}   tensorboard --logdir {self.out}")
         return results
+
+    def run_stages(self) -> list[dict]:
+        """Train and evaluate (each stage keyed by its inputs); the evaluations."""
+        from agents.common.policy import set_num_threads
+
+        set_num_threads()
+        c, b = self.config, self.budget
+        sft = {"task": c.task, "seed": c.seed, "precision": c.precision,
+               "steps": b.sft_steps, "batch": b.sft_batch, "model": b.model}  # fmt: skip
+        self.stage("sft", sft, self.train_sft, [self.agents_dir / "sft-pretrain", self.sft_dir])
+        prefs = {"task": c.task, "seed": c.seed, "prompts": b.pref_prompts, "k": b.pref_k}
+        meta = self.pairs.with_name(self.pairs.name + ".meta.json")
+        self.stage("preferences", prefs, self.make_preferences, [self.pairs, meta], ["sft"])
+        rm = {"seed": c.seed, "precision": c.precision, "epochs": b.rm_epochs}
+        rm_outputs = [self.agents_dir / "rm-bradley_terry", self.rm_dir]
+        self.stage("reward_model", rm, self.train_reward_model, rm_outputs, ["sft", "preferences"])
+        for agent, name, beta in self.methods():
+            inputs = {"agent": agent, "beta": beta, "task": c.task, "seed": c.seed,
+                      "precision": c.precision}  # fmt: skip
+            if agent == "dpo":
+                inputs |= {"epochs": b.dpo_epochs, "eval_every": b.dpo_eval_every,
+                           "eval_prompts": b.dpo_eval_prompts}  # fmt: skip
+                after = ["sft", "preferences"]
+            else:
+                inputs |= {"prompts": b.rl_prompts, "batch": b.rl_batch}
+                after = ["sft"] if agent == "ppo_gold" else ["sft", "reward_model"]
+            train = functools.partial(self.train_method, agent, name, beta)
+            self.stage(name, inputs, train, [self.method_dir(agent, name)], after)
+        evaluate = {"task": c.task, "seed": c.seed, "prompts": b.eval_prompts}
+        after = ["sft", "reward_model"] + [name for _, name, _ in self.methods()]
+        return self.stage("evaluate", evaluate, self.evaluate, [], after)["evaluations"]
 
     def train_sft(self) -> dict:
         from agents.sft import SFTConfig, pretrain_on_task
@@ -213,7 +342,7 @@ class Pipeline:
         return {"reward_model": str(self.rm_dir), **metrics}
 
     def train_method(self, agent: str, name: str, beta: float | None) -> dict:
-        run_dir = self.agents_dir / f"{agent.replace('_gold', '')}-{name}"
+        run_dir = self.method_dir(agent, name)
         common = {"seed": self.config.seed, "precision": self.config.precision, "resume": True}
         if beta is not None:
             common["beta"] = beta
@@ -261,8 +390,9 @@ class Pipeline:
         prompts = [pool[i % len(pool)] for i in range(self.budget.eval_prompts)]
         learned = {"learned": load_reward_model(str(self.rm_dir))}
         policies = [("sft", str(self.sft_dir))]
-        policies += [(name, str(self.agents_dir / f"{a.replace('_gold', '')}-{name}" / "final"))
-                     for a, name, _ in self.methods()]  # fmt: skip
+        policies += [
+            (name, str(self.method_dir(a, name) / "final")) for a, name, _ in self.methods()
+        ]
         evals = []
         for name, path in policies:
             policy, _ = load_policy(path)
@@ -290,8 +420,12 @@ class Pipeline:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenmdp pipeline", description=__doc__.split("\n\n")[0])
     add_dataclass_args(parser, PipelineConfig)
-    config = dataclass_from_args(PipelineConfig, parser.parse_args(argv))
-    Pipeline(config).run()
+    args = parser.parse_args(argv)
+    try:
+        pipeline = Pipeline(dataclass_from_args(PipelineConfig, args))
+    except ValueError as e:
+        parser.error(str(e))
+    pipeline.run()
 
 
 if __name__ == "__main__":

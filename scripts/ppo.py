@@ -17,6 +17,7 @@ from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.ppo import PPO, PPOConfig
+from scripts.options import json_object, require_writable
 
 
 def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentParser:
@@ -33,7 +34,9 @@ def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentPars
     io.add_argument(
         "--task", default="sentiment", help="built-in task or 'jsonl' (default: sentiment)"
     )
-    io.add_argument("--task-kwargs", default="{}", help="task options as JSON (default: {})")
+    io.add_argument(
+        "--task-kwargs", type=json_object, default="{}", help="task options as JSON (default: {})"
+    )
     io.add_argument(
         "--reward-model", help="load_reward_model spec: a registered name, a Bradley-Terry "
         "directory or 'package.module:callable' (default: the task's gold reward)",
@@ -56,9 +59,14 @@ def run(agent_cls: type, config_cls: type, argv: list[str] | None, doc: str) -> 
     """Parse ``argv``, build the agent, train it, save it."""
     parser = build_parser(config_cls, f"tokenmdp {agent_cls.agent_name}", doc)
     args = parser.parse_args(argv)
+    run_dir = args.run_dir or run_dir_for(
+        args.runs_root, args.task, agent_cls.agent_name, args.name
+    )
+    require_writable(parser, "--run-dir", run_dir)
+    require_writable(parser, "--out", args.out)
     config = dataclass_from_args(config_cls, args)
     set_num_threads(args.threads)
-    env_kwargs = {"task": args.task, "task_kwargs": json.loads(args.task_kwargs)}
+    env_kwargs = {"task": args.task, "task_kwargs": args.task_kwargs}
     if args.reward_model is not None:
         env_kwargs["reward_model"] = args.reward_model
     if args.max_new_tokens is not None:
@@ -70,9 +78,6 @@ def run(agent_cls: type, config_cls: type, argv: list[str] | None, doc: str) -> 
 
         tokenizer = make_task(args.task, **env_kwargs["task_kwargs"]).tokenizer()
         policy = llm_env.tiny_gpt2(tokenizer, seed=config.seed)
-    run_dir = args.run_dir or run_dir_for(
-        args.runs_root, args.task, agent_cls.agent_name, args.name
-    )
     agent = agent_cls(policy, tokenizer, env_kwargs, config, run_dir)
     history = agent.learn()
     if args.out:

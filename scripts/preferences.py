@@ -12,6 +12,7 @@ import json
 from agents.common.config import add_dataclass_args, dataclass_from_args
 from agents.common.policy import set_num_threads
 from agents.preferences import PreferenceConfig, sample_preferences
+from scripts.options import json_object, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument(
         "--task", default="sentiment", help="built-in task or 'jsonl' (default: sentiment)"
     )
-    io.add_argument("--task-kwargs", default="{}", help="task options as JSON (default: {})")
+    io.add_argument(
+        "--task-kwargs", type=json_object, default="{}", help="task options as JSON (default: {})"
+    )
     io.add_argument(
         "--gold-reward-model",
         help="reward model spec scoring the samples (default: the task's gold reward)",
@@ -37,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    require_writable(parser, "--out", args.out, file=True)
     set_num_threads()
     config = dataclass_from_args(PreferenceConfig, args)
-    env_kwargs = {"task": args.task, "task_kwargs": json.loads(args.task_kwargs)}
+    env_kwargs = {"task": args.task, "task_kwargs": args.task_kwargs}
     out = sample_preferences(
         args.policy, args.tokenizer, env_kwargs, args.gold_reward_model, config, args.out
     )

@@ -14,6 +14,7 @@ from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
+from scripts.options import require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir or run_dir_for("runs", "pairs", "rm", args.name)
+    require_writable(parser, "--out", args.out)
+    require_writable(parser, "--run-dir", run_dir)
     set_num_threads()
     config = dataclass_from_args(RewardModelConfig, args)
-    run_dir = args.run_dir or run_dir_for("runs", "pairs", "rm", args.name)
     trainer = RewardModelTrainer(args.policy, args.pairs, config, run_dir)
     trainer.learn()
     metrics = trainer.summary()

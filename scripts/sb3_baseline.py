@@ -24,6 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 import llm_env  # noqa: F401  (registers TokenMDP-v0)
 from agents.common.logging import RunLogger
 from agents.common.policy import set_num_threads
+from scripts.options import require_writable
 
 
 class SayReward:
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of SB3 and the env")
     parser.add_argument("--run-dir", default="runs/arithmetic/sb3_ppo-baseline", help="output dir")
     args = parser.parse_args(argv)
+    require_writable(parser, "--run-dir", args.run_dir)
     result = train(args.target, args.reward, args.timesteps, args.seed, args.run_dir)
     print(json.dumps(result))
 

@@ -8,13 +8,13 @@ GPT-2 from scratch on a built-in task's corpus (``--task sentiment``).
 from __future__ import annotations
 
 import argparse
-import json
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.sft import SFT, SFTConfig, pretrain_on_task
+from scripts.options import json_object, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument(
         "--task", help="pre-train a fresh tiny GPT-2 on this built-in task's corpus instead"
     )
-    io.add_argument("--task-kwargs", default="{}", help="task options as JSON (default: {})")
+    io.add_argument(
+        "--task-kwargs", type=json_object, default="{}", help="task options as JSON (default: {})"
+    )
     io.add_argument(
         "--model-kwargs",
+        type=json_object,
         default="{}",
         help='tiny_gpt2 options as JSON for --task, e.g. {"n_layer": 2, "n_embd": 128}',
     )
@@ -48,16 +51,20 @@ def main(argv: list[str] | None = None) -> None:
     config = dataclass_from_args(SFTConfig, args)
     if (args.task is None) == (args.policy is None):
         parser.error("give exactly one of --policy (fine-tune) or --task (pre-train from scratch)")
+    if args.task is None and args.data is None:
+        parser.error("--policy needs --data")
+    run_dir = args.run_dir or (
+        run_dir_for("runs", args.task, "pretrain", args.name)
+        if args.task is not None
+        else run_dir_for("runs", "jsonl", "sft", args.name)
+    )
+    require_writable(parser, "--out", args.out)
+    require_writable(parser, "--run-dir", run_dir)
     if args.task is not None:
-        run_dir = args.run_dir or run_dir_for("runs", args.task, "pretrain", args.name)
         out = pretrain_on_task(
-            args.task, json.loads(args.task_kwargs), args.out, config, run_dir,
-            json.loads(args.model_kwargs),
-        )  # fmt: skip
+            args.task, args.task_kwargs, args.out, config, run_dir, args.model_kwargs
+        )
     else:
-        if args.data is None:
-            parser.error("--policy needs --data")
-        run_dir = args.run_dir or run_dir_for("runs", "jsonl", "sft", args.name)
         sft = SFT(args.policy, args.tokenizer, args.data, config, run_dir)
         sft.learn()
         out = sft.save(args.out)

@@ -1,8 +1,10 @@
-"""The main job end to end (``--quick``), ``compare`` on two runs, and stage resumption."""
+"""The main job end to end (``--quick``), ``compare`` on two runs, stage resumption, and stages
+reused or rerun by their inputs' keys (with the training stages replaced by recorders)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -12,7 +14,6 @@ from agents.common.logging import RunLogger
 from scripts.compare import main as compare_main
 from scripts.pipeline import Pipeline, PipelineConfig
 
-pytestmark = pytest.mark.slow
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -29,6 +30,7 @@ def assert_png(path: Path) -> None:
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
+@pytest.mark.slow
 def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     out, results = quick_run
     for agent in ("ppo-ppo", "reinforce-reinforce", "dpo-dpo", "sft-pretrain"):
@@ -52,6 +54,7 @@ def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     assert results["evaluations"] == saved["evaluations"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_stages(quick_run, capsys):
     out, _ = quick_run
     sft_weights = out / "models" / "sft" / "model.safetensors"
@@ -60,11 +63,12 @@ def test_rerun_skips_finished_stages(quick_run, capsys):
     Pipeline(PipelineConfig(out=str(out), quick=True, precision="fp32")).run()
     printed = capsys.readouterr().out
     for stage in ("sft", "preferences", "reward_model", "ppo", "reinforce", "dpo"):
-        assert f"== {stage}: done earlier" in printed
-    assert "== evaluate\n" in printed
+        assert f"== {stage}: done earlier with the same inputs" in printed
+    assert "== evaluate: unfinished earlier with the same inputs, resuming" in printed
     assert sft_weights.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_compare_two_runs(quick_run, tmp_path, capsys):
     out, _ = quick_run
     other = tmp_path / "other" / "sentiment" / "ppo-handmade"
@@ -80,3 +84,91 @@ def test_compare_two_runs(quick_run, tmp_path, capsys):
     assert (handmade["gold_reward"], handmade["kl_ref"]) == (pytest.approx(0.5), pytest.approx(2.5))
     assert handmade["models_in_memory"] == 4
     assert_png(tmp_path / "cmp" / "frontier.png")
+
+
+@pytest.fixture
+def recorded_stages(monkeypatch):
+    """Replace every stage's work with a recorder: ``calls`` lists (stage, whether the output it
+    leaves, e.g. a checkpoint in its run directory, was there from an earlier run) in order."""
+    calls = []
+
+    def recorder(stage: str | None, output: Callable[..., Path]):
+        def work(self, *method):  # method: (agent, name, beta) for train_method
+            path = output(self, *method[:2])
+            calls.append((stage or method[1], path.exists()))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("weights")
+            return {"evaluations": []}
+
+        return work
+
+    for fn, stage, output in [
+        ("train_sft", "sft", lambda self: self.agents_dir / "sft-pretrain" / "checkpoint"),
+        ("make_preferences", "preferences", lambda self: self.pairs),
+        ("train_reward_model", "reward_model", lambda self: self.rm_dir / "model"),
+        ("train_method", None, lambda self, *m: self.method_dir(*m) / "checkpoint"),
+        ("evaluate", "evaluate", lambda self: self.out / "evaluate-did-run"),
+    ]:
+        monkeypatch.setattr(Pipeline, fn, recorder(stage, output))
+    return calls
+
+
+def run_stages(out: Path, **options) -> None:
+    Pipeline(PipelineConfig(out=str(out), quick=True, methods="ppo,dpo", **options)).run_stages()
+
+
+ALL_STAGES = ["sft", "preferences", "reward_model", "ppo", "dpo", "evaluate"]
+
+
+def test_same_inputs_reuse_every_stage(recorded_stages, tmp_path, capsys):
+    run_stages(tmp_path)
+    assert [stage for stage, _ in recorded_stages] == ALL_STAGES
+    recorded_stages.clear()
+    capsys.readouterr()
+    run_stages(tmp_path)
+    assert recorded_stages == []
+    printed = capsys.readouterr().out
+    for stage in ALL_STAGES:
+        assert f"== {stage}: done earlier with the same inputs, reusing" in printed
+
+
+def test_changed_seed_reruns_every_stage_from_scratch(recorded_stages, tmp_path, capsys):
+    run_stages(tmp_path, seed=0)
+    recorded_stages.clear()
+    capsys.readouterr()
+    run_stages(tmp_path, seed=1)
+    trained = [(stage, stale) for stage, stale in recorded_stages if stage != "evaluate"]
+    assert trained == [(stage, False) for stage in ALL_STAGES[:-1]]  # no stale checkpoint
+    assert recorded_stages[-1][0] == "evaluate"
+    printed = capsys.readouterr().out
+    assert "== sft: inputs changed (seed 0 → 1), rerunning" in printed
+    assert "== ppo: inputs changed (sft changed, reward_model changed, seed 0 → 1)" in printed
+
+
+def test_changed_betas_rerun_only_methods_and_evaluate(recorded_stages, tmp_path, capsys):
+    run_stages(tmp_path, betas="0.1")
+    recorded_stages.clear()
+    capsys.readouterr()
+    run_stages(tmp_path, betas="0.1,0.2")
+    assert [stage for stage, _ in recorded_stages] == ["ppo-beta0.2", "dpo-beta0.2", "evaluate"]
+    printed = capsys.readouterr().out
+    for stage in ("sft", "preferences", "reward_model", "ppo-beta0.1", "dpo-beta0.1"):
+        assert f"== {stage}: done earlier with the same inputs" in printed
+    assert "== evaluate: inputs changed (ppo-beta0.2 changed, dpo-beta0.2 changed)" in printed
+
+
+@pytest.mark.parametrize("seed, resumed", [(0, True), (1, False)])
+def test_unfinished_stage_resumes_only_with_the_same_inputs(
+    recorded_stages, tmp_path, capsys, seed, resumed
+):
+    run_stages(tmp_path, seed=0)
+    (tmp_path / "stages" / "ppo.json").unlink()  # as if ppo had died mid-run
+    recorded_stages.clear()
+    run_stages(tmp_path, seed=seed)
+    assert ("ppo", resumed) in recorded_stages
+    expected = (
+        "unfinished earlier with the same inputs, resuming"
+        if resumed
+        else "inputs changed (sft changed, reward_model changed, seed 0 → 1), rerunning"
+    )
+    assert f"== ppo: {expected}\n" in capsys.readouterr().out

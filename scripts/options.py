@@ -1,0 +1,70 @@
+"""Command-line helpers the scripts share: checks that make bad options fail before any work
+(JSON-valued options, output locations that cannot be written) and the benchmarks' ``--smoke``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def json_object(text: str) -> dict:
+    """``type=`` for options taking a JSON object, e.g. ``--task-kwargs '{"max_operand": 9}'``
+    (argparse names the option in the error)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(
+            f"invalid JSON {text!r} ({e.msg} at column {e.colno}); "
+            "expected an object such as '{\"max_operand\": 9}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
+
+
+def check_writable(path: str | os.PathLike, option: str, file: bool = False) -> None:
+    """Raise ``ValueError`` naming ``option`` and ``path`` unless ``path`` (a directory, or a
+    file if ``file``) can be created or written: its nearest existing ancestor must be a
+    writable directory."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and path.is_dir() == file:
+        kind = "a directory" if file else "a file"
+        raise ValueError(f"{option} {str(path)!r}: cannot write there, it is {kind}")
+    folder = path.parent if existing == path and file else existing
+    if not folder.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: cannot write there, {str(folder)!r} is a file")
+    target = path if existing == path else folder
+    if not os.access(target, os.W_OK | (0 if target.is_file() else os.X_OK)):
+        raise ValueError(f"{option} {str(path)!r}: cannot write there, no write permission on "
+                         f"{str(target)!r}")  # fmt: skip
+
+
+def require_writable(
+    parser: argparse.ArgumentParser, option: str, path: str | os.PathLike | None, file: bool = False
+) -> None:
+    """``check_writable`` as a command-line error (exit status 2); ``None`` paths are skipped."""
+    if path is None:
+        return
+    try:
+        check_writable(path, option, file)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def parse_args_with_smoke(
+    parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict
+) -> argparse.Namespace:
+    """Parse ``argv`` with a ``--smoke`` flag that swaps in the tiny sizes ``smoke`` as defaults
+    (options given explicitly still win): a run of seconds that checks the script end to end."""
+    sizes = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in smoke.items())
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes, seconds ({sizes})")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args(argv)
+    return args
