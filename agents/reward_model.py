@@ -205,8 +205,11 @@ class RewardModelTrainer(Agent):
             gold_margin = self.gold[idx, 0] - self.gold[idx, 1]
             strict = gold_margin != 0
             agree = (margins[strict] > 0) == (gold_margin[strict] > 0)
+            labels_right = gold_margin[strict] > 0
             out["rm/gold_agreement"] = float(np.mean(agree)) if strict.any() else math.nan
-            out["rm/label_gold_agreement"] = float(np.mean(gold_margin[strict] > 0))
+            out["rm/label_gold_agreement"] = (
+                float(np.mean(labels_right)) if strict.any() else math.nan
+            )
         return out
 
     @torch.no_grad()

@@ -59,3 +59,27 @@ def test_saved_bradley_terry_directory_loads_and_scores(tmp_path, arithmetic_tok
 def test_a_directory_that_is_not_a_reward_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_reward_model(str(tmp_path))
+
+
+def test_scoring_text_loads_no_training_code():
+    """Scorers score, trainers train: importing the reward models (learned scorer included)
+    loads nothing from ``agents`` or ``peft``, and no file in ``reward_models/`` imports
+    ``agents``. (``accelerate`` is imported by ``transformers.modeling_utils`` itself.)"""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, reward_models, reward_models.learned\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'agents', 'peft'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    package = Path(__file__).resolve().parents[1] / "reward_models"
+    importers = [
+        f.name
+        for f in package.glob("*.py")
+        if re.search(r"^\s*(from|import)\s+agents\b", f.read_text(), re.M)
+    ]
+    assert importers == []
