@@ -33,20 +33,32 @@ AGENTS = {
 LEARNING_RATES = {"ppo": 1e-3, "reinforce": 5e-4}
 
 
+# Gain in exact match over 12 RL seeds (0-11) from the same pre-trained policy, measured with
+# this test's configs (2026-11-29, 1 thread, tokenmdp 782eb1e): PPO mean +0.128, sd 0.071 (one
+# seed lost 0.05); REINFORCE mean +0.183, sd 0.045. A single seed cannot carry a threshold, so
+# the test averages SEEDS seeds and asserts mean − 3·sd/√SEEDS of that mean's distribution.
+SEEDS = 4
+MIN_MEAN_GAIN = {"ppo": 0.128 - 3 * 0.071 / 2, "reinforce": 0.183 - 3 * 0.045 / 2}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AGENTS))
 def test_rl_raises_exact_match(name, pretrained_arithmetic, arithmetic_task, tmp_path):
     agent_cls, config = AGENTS[name]
-    config = dataclasses.replace(config, optim=OptimConfig(learning_rate=LEARNING_RATES[name]))
-    agent = agent_cls(str(pretrained_arithmetic), None, ARITH, config, run_dir=tmp_path)
-    tokenizer, prompts = agent.tokenizer, arithmetic_task.train_prompts
-    before = exact_match(agent.policy, tokenizer, prompts)
-    history = agent.learn()
-    after = exact_match(agent.policy, tokenizer, prompts)
-    print(f"{name}: exact match {before:.3f} -> {after:.3f}")
-    assert 0.05 < before < 0.5
-    assert after >= before + 0.08  # measured here: PPO +0.149, REINFORCE +0.103
-    assert history[-1]["kl/exact"] > 0 and history[-1]["reward/gold"] == history[-1]["reward/train"]
+    optim = OptimConfig(learning_rate=LEARNING_RATES[name])
+    gains = []
+    for seed in range(SEEDS):
+        seeded = dataclasses.replace(config, seed=seed, optim=optim)
+        agent = agent_cls(str(pretrained_arithmetic), None, ARITH, seeded, tmp_path / str(seed))
+        tokenizer, prompts = agent.tokenizer, arithmetic_task.train_prompts
+        before = exact_match(agent.policy, tokenizer, prompts)
+        history = agent.learn()
+        gains.append(exact_match(agent.policy, tokenizer, prompts) - before)
+        assert 0.05 < before < 0.5
+        last = history[-1]
+        assert last["kl/exact"] > 0 and last["reward/gold"] == last["reward/train"]
+    print(f"{name}: exact-match gains {[round(g, 3) for g in gains]}")
+    assert sum(gains) / SEEDS >= MIN_MEAN_GAIN[name], gains
 
 
 @pytest.mark.parametrize("script", [ppo_script, reinforce_script], ids=["ppo", "reinforce"])
