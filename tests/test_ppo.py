@@ -37,7 +37,10 @@ def stable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.startswith(VOLATILE)} for h in history]
 
 
+@pytest.mark.slow
 def test_ppo_reaches_closed_form_optimum_on_two_token_toy(tmp_path):
+    """TV to π* over seeds 0-5 (2026-11-29, 1 thread): mean 0.0145, sd 0.0009, max 0.0159;
+    bound mean + 3 sd = 0.0173, rounded up to 0.02 (from 0.30 at the start)."""
     task = toy.toy_task(max_new_tokens=2)
     tokenizer = task.tokenizer()
     policy = llm_env.tiny_gpt2(tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=16)
@@ -54,7 +57,7 @@ def test_ppo_reaches_closed_form_optimum_on_two_token_toy(tmp_path):
     history = agent.learn()
     tv = toy.total_variation(toy.sequence_probs(agent.policy, tokenizer, seqs), target)
     print(f"PPO toy TV = {tv:.4f}")
-    assert tv <= 0.05
+    assert tv <= 0.02
     assert all(h["kl/beta"] == beta for h in history)
 
 

@@ -21,11 +21,20 @@ def small_config(optim=None, kl=None, **overrides) -> ReinforceConfig:
     return ReinforceConfig(**{**base, **overrides}, optim=optim, kl=KLConfig(**(kl or {})))
 
 
+# TV to π* over seeds 0-5 (2026-11-29, 1 thread): rloo mean 0.037 sd 0.016 (max 0.066);
+# moving_average 0.0014 sd 0.0004; none 0.016 sd 0.006. Bound: mean + 3 sd, rounded up.
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("max_new_tokens", "baseline", "lr", "iterations"),
-    [(2, "rloo", 5e-3, 100), (1, "moving_average", 3e-3, 80), (1, "none", 3e-3, 80)],
+    ("max_new_tokens", "baseline", "lr", "iterations", "max_tv"),
+    [
+        (2, "rloo", 5e-3, 100, 0.09),
+        (1, "moving_average", 3e-3, 80, 0.003),
+        (1, "none", 3e-3, 80, 0.035),
+    ],
 )
-def test_reinforce_reaches_closed_form_optimum(tmp_path, max_new_tokens, baseline, lr, iterations):
+def test_reinforce_reaches_closed_form_optimum(
+    tmp_path, max_new_tokens, baseline, lr, iterations, max_tv
+):
     task = toy.toy_task(max_new_tokens)
     tokenizer = task.tokenizer()
     policy = llm_env.tiny_gpt2(tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=16)
@@ -43,7 +52,7 @@ def test_reinforce_reaches_closed_form_optimum(tmp_path, max_new_tokens, baselin
     agent.learn()
     tv = toy.total_variation(toy.sequence_probs(agent.policy, tokenizer, seqs), target)
     print(f"REINFORCE ({baseline}, {max_new_tokens} tokens) toy TV = {tv:.4f}")
-    assert tv <= 0.05
+    assert tv <= max_tv
 
 
 def test_rloo_needs_two_samples():
