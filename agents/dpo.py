@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.checkpoint import atomic_directory
+from agents.common.checkpoint import atomic_directory, checkpoint_status
 from agents.common.config import (
     AgentConfig,
     OptimConfig,
@@ -218,16 +218,21 @@ class DPO(Agent):
             return Path(policy)
         ref_dir = self.run_dir / REFERENCE_DIR
         ref = ref_policy if ref_policy is not None else self.policy
-        if not self.config.resume:  # a resumed run keeps the reference its start wrote
+        # a resumed run keeps the reference its start wrote (checked once the checkpoint's
+        # provenance is: ``restore_checkpoint``); resume=True without a checkpoint starts afresh
+        if not self.config.resume or checkpoint_status(self.checkpoint_dir) == "missing":
 
             def write() -> None:
                 with atomic_directory(ref_dir) as tmp:
                     save_policy(ref, tmp, self.tokenizer)
 
             self.dist.on_main(write)
-        elif not (ref_dir / "config.json").is_file():
-            raise FileNotFoundError(f"--resume: the run's reference {ref_dir} is missing")
         return ref_dir
+
+    def restore_checkpoint(self) -> None:
+        super().restore_checkpoint()  # refuses another agent's or config's checkpoint first
+        if self.ref_dir is not None and not (self.ref_dir / "config.json").is_file():
+            raise FileNotFoundError(f"--resume: the run's reference {self.ref_dir} is missing")
 
     def pair_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Chosen rows then rejected rows, right-padded together: (2·pairs, L)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from agents.common.critic import ValueModel
 from agents.common.lora import is_lora, load_adapter_into
@@ -120,7 +121,10 @@ def load_weights_into(model: torch.nn.Module, path: str | Path) -> None:
             saved = type(model).from_pretrained(
                 path, local_files_only=True, trust_remote_code=False, use_safetensors=True
             )
-    except (OSError, ValueError, RuntimeError) as e:  # safetensors' errors derive from these
+    except SafetensorError as e:  # a truncated or corrupt weights file: name it
+        files = ", ".join(str(f) for f in sorted(path.glob("*.safetensors")))
+        raise CheckpointError(f"cannot read {files} (corrupt or truncated?): {e}") from e
+    except (OSError, ValueError, RuntimeError) as e:
         files = ", ".join(sorted(f.name for f in path.iterdir()))
         raise CheckpointError(f"cannot load the weights in {path} ({files}): {e}") from e
     model.load_state_dict(saved.state_dict())

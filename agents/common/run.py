@@ -78,6 +78,18 @@ def make_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"learning_rate": v}}`` → ``{"optim.learning_rate": v}``: a changed option
+    of a group is named on its own."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def summary_line(record: dict[str, float]) -> str:
     parts = [f"{k}={record[k]:.4g}" for k in SUMMARY_KEYS if k in record]
     return f"step {record['step']} examples {record['examples']}: " + " ".join(parts)
@@ -206,11 +218,11 @@ class Agent:
                 f"{mine['agent']!r}; use another run directory or the agent that wrote it"
             )
         if saved["hash"] != mine["hash"]:
-            keys = sorted(set(saved["config"]) | set(mine["config"]))
+            before, after = flat_config(saved["config"]), flat_config(mine["config"])
             changed = [
-                f"{k}: {saved['config'].get(k)!r} -> {mine['config'].get(k)!r}"
-                for k in keys
-                if saved["config"].get(k) != mine["config"].get(k)
+                f"{k}: {before.get(k)!r} -> {after.get(k)!r}"
+                for k in sorted(set(before) | set(after))
+                if before.get(k) != after.get(k)
             ]
             raise CheckpointError(
                 f"--resume: {path} was written with another config ({'; '.join(changed)}); "
