@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.config import add_dataclass_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.common.run import FINAL_DIR
 from agents.dpo import DPO, DPOConfig
-from scripts.options import json_object, require_writable
+from scripts.options import config_from_args, json_object, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = args.run_dir or run_dir_for("runs", args.task, "dpo", args.name)
     require_writable(parser, "--run-dir", run_dir)
     set_num_threads()
-    config = dataclass_from_args(DPOConfig, args)
+    config = config_from_args(parser, DPOConfig, args)
     env_kwargs = (
         None if args.task == "none" else {"task": args.task, "task_kwargs": args.task_kwargs}
     )

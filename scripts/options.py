@@ -1,5 +1,6 @@
 """Command-line helpers the scripts share: checks that make bad options fail before any work
-(JSON-valued options, output locations that cannot be written) and the benchmarks' ``--smoke``."""
+(JSON-valued options, output locations that cannot be written, config values out of range) and
+the benchmarks' ``--smoke``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+from agents.common.config import dataclass_from_args
 
 
 def json_object(text: str) -> dict:
@@ -68,3 +72,28 @@ def parse_args_with_smoke(
         parser.set_defaults(**smoke)
         args = parser.parse_args(argv)
     return args
+
+
+def config_from_args(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace) -> Any:
+    """``dataclass_from_args(cls, args)``; a value the config rejects (``ValueError``,
+    ``TypeError``, a missing directory) is a command-line error (exit status 2) naming the
+    option, as argparse's own are, before any work starts — never a traceback."""
+    try:
+        return dataclass_from_args(cls, args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        message = str(e)
+        # config errors start with the field's name ("max_grad_norm must be >= 0, got -1.0";
+        # a group's prefixed field as "lora_r"): the option is --max-grad-norm, --lora-r
+        flags = [
+            flag
+            for action in parser._actions
+            if action.dest.startswith("cfg:")
+            for flag in action.option_strings
+            if flag.startswith("--")
+            and not flag.startswith("--no-")
+            and message.startswith(flag[2:].replace("-", "_"))
+            and message[len(flag) - 2 : len(flag) - 1] in (" ", ":")
+        ]
+        if flags:
+            parser.error(f"argument {max(flags, key=len)}: {message}")
+        parser.error(message)

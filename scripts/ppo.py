@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.config import add_dataclass_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.ppo import PPO, PPOConfig
-from scripts.options import json_object, require_writable
+from scripts.options import config_from_args, json_object, require_writable
 
 
 def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def run(agent_cls: type, config_cls: type, argv: list[str] | None, doc: str) -> 
     )
     require_writable(parser, "--run-dir", run_dir)
     require_writable(parser, "--out", args.out)
-    config = dataclass_from_args(config_cls, args)
+    config = config_from_args(parser, config_cls, args)
     set_num_threads(args.threads)
     env_kwargs = {"task": args.task, "task_kwargs": args.task_kwargs}
     if args.reward_model is not None:

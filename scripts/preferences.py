@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.config import add_dataclass_args
 from agents.common.policy import set_num_threads
 from agents.preferences import PreferenceConfig, sample_preferences
-from scripts.options import json_object, require_writable
+from scripts.options import config_from_args, json_object, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     require_writable(parser, "--out", args.out, file=True)
     set_num_threads()
-    config = dataclass_from_args(PreferenceConfig, args)
+    config = config_from_args(parser, PreferenceConfig, args)
     env_kwargs = {"task": args.task, "task_kwargs": args.task_kwargs}
     out = sample_preferences(
         args.policy, args.tokenizer, env_kwargs, args.gold_reward_model, config, args.out

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.config import add_dataclass_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
-from scripts.options import require_writable
+from scripts.options import config_from_args, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     require_writable(parser, "--out", args.out)
     require_writable(parser, "--run-dir", run_dir)
     set_num_threads()
-    config = dataclass_from_args(RewardModelConfig, args)
+    config = config_from_args(parser, RewardModelConfig, args)
     trainer = RewardModelTrainer(args.policy, args.pairs, config, run_dir)
     trainer.learn()
     metrics = trainer.summary()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.config import add_dataclass_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.sft import SFT, SFTConfig, pretrain_on_task
-from scripts.options import json_object, require_writable
+from scripts.options import config_from_args, json_object, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     set_num_threads()
-    config = dataclass_from_args(SFTConfig, args)
+    config = config_from_args(parser, SFTConfig, args)
     if (args.task is None) == (args.policy is None):
         parser.error("give exactly one of --policy (fine-tune) or --task (pre-train from scratch)")
     if args.task is None and args.data is None:
