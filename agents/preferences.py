@@ -21,9 +21,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.config import group, to_jsonable
+from agents.common.config import check_choice, check_positive, group, to_jsonable
 from agents.common.policy import SamplingConfig, load_policy
-from agents.common.precision import resolve_precision
+from agents.common.precision import PRECISIONS, resolve_precision
 from agents.common.rollout import rollout
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.base import RewardModel
@@ -48,6 +48,16 @@ class PreferenceConfig:
     """Prompt split of the task: train | eval."""
     precision: str = "fp32"
     """Rollout precision: auto | bf16 | fp32."""
+
+    def __post_init__(self) -> None:
+        check_positive("num_prompts", self.num_prompts)
+        check_positive("k", self.k)
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2 to form pairs, got {self.k}")
+        check_positive("label_temperature", self.label_temperature, float, allow_zero=True)
+        check_positive("num_envs", self.num_envs)
+        check_choice("split", self.split, ("train", "eval"))
+        check_choice("precision", self.precision, PRECISIONS)
 
 
 def bradley_terry_labels(
@@ -96,8 +106,6 @@ def sample_preferences(
     ``gold_reward_model`` (a spec or object) scores the samples — ``None``: the env's reward
     model, by default the task's gold reward.
     """
-    if config.k < 2:
-        raise ValueError(f"k must be >= 2 to form pairs, got {config.k}")
     model, tokenizer = load_policy(policy, tokenizer)
     kwargs = {**env_kwargs, "tokenizer": tokenizer, "split": config.split}
     if gold_reward_model is not None:

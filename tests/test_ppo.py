@@ -141,3 +141,32 @@ def test_save_load_round_trip_and_run_dir_layout(tmp_path, arithmetic_tokenizer)
     torch.testing.assert_close(loaded.critic(ids, mask), agent.critic(ids, mask))
     torch.testing.assert_close(loaded.policy(ids).logits, agent.policy(ids).logits)
     assert np.isfinite(history[-1]["kl/exact"]) and history[-1]["kl/exact"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("reward", "says"),
+    [
+        (lambda p, c: 1 / 0, "raised ZeroDivisionError"),
+        (lambda p, c: ["good"] * len(p), "non-numeric"),
+    ],
+    ids=["raises", "strings"],
+)
+def test_a_failing_reward_model_stops_cleanly_naming_it(
+    tmp_path, arithmetic_tokenizer, reward, says
+):
+    """Any reward-model failure takes the one clean path: TrainingStopped naming the reward
+    model and the step, the last good checkpoint kept and loadable."""
+    broken = {"on": False}
+
+    def flaky(prompts, completions):
+        return reward(prompts, completions) if broken["on"] else [0.5] * len(prompts)
+
+    policy = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    rm = FunctionRewardModel(flaky, "flaky-rm")
+    agent = PPO(policy, arithmetic_tokenizer, ARITH, small_config(save_every=1), tmp_path, rm)
+    agent.learn(total_prompts=32)
+    broken["on"] = True
+    pattern = rf"(?s)step 3 .*flaky-rm.*{says}.*last good checkpoint"
+    with pytest.raises(TrainingStopped, match=pattern):
+        agent.learn(total_prompts=64)
+    assert load_checkpoint_state(tmp_path / "checkpoint")["step"] == 2

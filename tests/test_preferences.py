@@ -65,8 +65,16 @@ def test_noisy_labels_sometimes_prefer_the_lower_gold(tiny_policy, arithmetic_to
     assert 0.45 < agree < 0.9  # noisy, yet better than chance on average
 
 
-def test_k_below_two_is_rejected(tiny_policy, arithmetic_tokenizer, tmp_path):
-    with pytest.raises(ValueError, match="k must be >= 2"):
-        sample_preferences(
-            tiny_policy, arithmetic_tokenizer, ENV, None, PreferenceConfig(k=1), tmp_path / "p"
-        )
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("k", 1, "k must be >= 2 to form pairs, got 1"),
+        ("num_prompts", 0, "num_prompts must be > 0, got 0"),
+        ("num_envs", True, "num_envs must be an integer, got True"),
+        ("label_temperature", -1.0, "label_temperature must be >= 0, got -1.0"),
+        ("split", "test", "split must be one of \\['eval', 'train'\\], got 'test'"),
+    ],
+)
+def test_bad_preference_options_are_named(field, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        PreferenceConfig(**{field: value})
