@@ -37,13 +37,14 @@ from agents.common.kl import KL_ESTIMATORS, KLConfig
 from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
 from agents.common.online import (
-    draw_prompts,
     init_online_agent,
+    iteration_prompts,
     masked_token_logprobs,
     online_steps,
     rollout_metrics,
     sample,
     score_rollout,
+    update_kl_controller,
 )
 from agents.common.policy import SamplingConfig, completion_logits, process_logits
 from agents.common.precision import autocast
@@ -193,8 +194,7 @@ class PPO(Agent):
     def _train_step(self, step: int) -> dict[str, float]:
         """One iteration: roll out, score in one pass, per-token rewards, GAE, the update, β."""
         cfg = self.config
-        pool = self.env.setup.task.prompts(self.env.setup.split)
-        prompts = self.dist.shard(draw_prompts(pool, cfg.batch_size, cfg.seed, step))
+        prompts = iteration_prompts(self, step)
         roll = sample(self, prompts)
         mask = roll.completion_mask
         scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
@@ -219,9 +219,7 @@ class PPO(Agent):
             advantages = whiten(advantages, mask, all_sum=self.dist.all_sum)
         train_stats = self._update(roll, scores.logprobs, values, advantages, returns)
         metrics = rollout_metrics(roll, scores)
-        # the adaptive controller sees the KL of every process's samples
-        kl = self.dist.reduce_metrics({"kl/ref": metrics["kl/ref"]})["kl/ref"]
-        self.kl_ctl.update(kl, cfg.batch_size)
+        update_kl_controller(self, metrics)
         return {
             **metrics,
             "reward/total": rewards.sum(-1).mean().item(),

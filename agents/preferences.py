@@ -92,6 +92,39 @@ def sample_completions(
     return completions, np.concatenate(rewards)
 
 
+def label_pairs(
+    prompts: list[str],
+    completions: list[str],
+    gold: np.ndarray,
+    config: PreferenceConfig,
+    rng: np.random.Generator,
+) -> tuple[list[dict], int]:
+    """Rows for every pair of each prompt's k samples (prompt-major), labelled by
+    Bradley–Terry on the gold scores; pairs of identical texts are skipped and counted."""
+    pairs = list(itertools.combinations(range(config.k), 2))
+    a = np.array([g * config.k + i for g in range(config.num_prompts) for i, _ in pairs])
+    b = np.array([g * config.k + j for g in range(config.num_prompts) for _, j in pairs])
+    a_wins = bradley_terry_labels(gold[a], gold[b], config.label_temperature, rng)
+    rows, identical = [], 0
+    for i, j, a_first in zip(a, b, a_wins):
+        if completions[i] == completions[j]:
+            identical += 1  # no preference between identical texts
+            continue
+        win, lose = (i, j) if a_first else (j, i)
+        rows.append(
+            {
+                "prompt": prompts[win],
+                "chosen": completions[win],
+                "rejected": completions[lose],
+                "chosen_gold": float(gold[win]),
+                "rejected_gold": float(gold[lose]),
+            }
+        )
+    if not rows:
+        raise ValueError("every sampled pair was identical: no preference rows to write")
+    return rows, identical
+
+
 def sample_preferences(
     policy: str | Path | PreTrainedModel,
     tokenizer: str | Path | PreTrainedTokenizerBase | None,
@@ -120,27 +153,7 @@ def sample_preferences(
         model, env, prompts, sampling, config.seed, resolve_precision(config.precision)
     )
 
-    pairs = list(itertools.combinations(range(config.k), 2))
-    a = np.array([g * config.k + i for g in range(config.num_prompts) for i, _ in pairs])
-    b = np.array([g * config.k + j for g in range(config.num_prompts) for _, j in pairs])
-    a_wins = bradley_terry_labels(gold[a], gold[b], config.label_temperature, rng)
-    rows, identical = [], 0
-    for i, j, a_first in zip(a, b, a_wins):
-        if completions[i] == completions[j]:
-            identical += 1  # no preference between identical texts
-            continue
-        win, lose = (i, j) if a_first else (j, i)
-        rows.append(
-            {
-                "prompt": prompts[win],
-                "chosen": completions[win],
-                "rejected": completions[lose],
-                "chosen_gold": float(gold[win]),
-                "rejected_gold": float(gold[lose]),
-            }
-        )
-    if not rows:
-        raise ValueError("every sampled pair was identical: no preference rows to write")
+    rows, identical = label_pairs(prompts, completions, gold, config, rng)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")

@@ -31,13 +31,14 @@ from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
 from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import reinforce_loss
 from agents.common.online import (
-    draw_prompts,
     init_online_agent,
+    iteration_prompts,
     masked_token_logprobs,
     online_steps,
     rollout_metrics,
     sample,
     score_rollout,
+    update_kl_controller,
 )
 from agents.common.policy import SamplingConfig, completion_logits, process_logits
 from agents.common.precision import autocast
@@ -172,8 +173,7 @@ class Reinforce(Agent):
     def _train_step(self, step: int) -> dict[str, float]:
         """One iteration: k samples per prompt, R = r − β·KL(y), baseline, one gradient step."""
         cfg = self.config
-        pool = self.env.setup.task.prompts(self.env.setup.split)
-        prompts = self.dist.shard(draw_prompts(pool, cfg.batch_size, cfg.seed, step))
+        prompts = iteration_prompts(self, step)
         roll = sample(self, [p for p in prompts for _ in range(cfg.k)])  # prompt-major
         mask = roll.completion_mask
         scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
@@ -193,8 +193,7 @@ class Reinforce(Agent):
         self.running_mean = decay * self.running_mean + (1 - decay) * self.dist.mean(returns)
         train_stats = self._update(roll, advantages)
         metrics = rollout_metrics(roll, scores)
-        kl = self.dist.reduce_metrics({"kl/ref": metrics["kl/ref"]})["kl/ref"]
-        self.kl_ctl.update(kl, cfg.batch_size)
+        update_kl_controller(self, metrics)
         return {
             **metrics,
             "reward/total": returns.mean().item(),

@@ -173,6 +173,20 @@ def init_online_agent(
     agent.generator = torch.Generator().manual_seed(config.seed + agent.dist.rank)
 
 
+def iteration_prompts(agent, step: int) -> list[str]:
+    """This process's shard of iteration ``step``'s ``batch_size`` prompts (a pure function of
+    seed and step, so a resumed run draws the same ones)."""
+    cfg, setup = agent.config, agent.env.setup
+    pool = setup.task.prompts(setup.split)
+    return agent.dist.shard(draw_prompts(pool, cfg.batch_size, cfg.seed, step))
+
+
+def update_kl_controller(agent, metrics: dict[str, float]) -> None:
+    """β's controller sees the mean sequence KL of every process's samples."""
+    kl = agent.dist.reduce_metrics({"kl/ref": metrics["kl/ref"]})["kl/ref"]
+    agent.kl_ctl.update(kl, agent.config.batch_size)
+
+
 def online_steps(total_prompts: int, batch_size: int) -> int:
     """Iterations to consume ``total_prompts`` prompts, ``batch_size`` per iteration."""
     check_positive("total_prompts", total_prompts)

@@ -109,6 +109,36 @@ def sample_tokens(
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+class Outcomes:
+    """What the env reports as B episodes end: reward, gold score, completion, finish reason."""
+
+    def __init__(self, batch: int):
+        self.rewards = torch.zeros(batch, dtype=torch.float32)
+        self.gold = torch.full((batch,), float("nan"), dtype=torch.float32)
+        self.completions, self.reasons = [""] * batch, [""] * batch
+
+    def record(self, rewards: np.ndarray, done: np.ndarray, info: dict) -> None:
+        for i in np.flatnonzero(done):
+            self.rewards[i] = float(rewards[i])
+            self.completions[i] = info["completion"][i]
+            self.reasons[i] = info["finish_reason"][i]
+            if "gold_reward" in info:
+                self.gold[i] = float(info["gold_reward"][i])
+
+
+def forward_step(model, input_ids, attention_mask, position_ids, precision: str, cache=None):
+    """One cached forward pass (the prompt pre-fill, or the newest token with ``cache``)."""
+    extra = {} if cache is None else {cache_argument(model): cache}
+    with autocast(precision):
+        return model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **extra,
+        )
+
+
 @torch.no_grad()
 def rollout(
     model: torch.nn.Module,
@@ -136,20 +166,12 @@ def rollout(
     max_new = env.setup.max_new_tokens
     tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((B, max_new), dtype=torch.float32, device=device)
-    rewards = torch.zeros(B, dtype=torch.float32)
-    gold = torch.full((B,), float("nan"), dtype=torch.float32)
-    completions, reasons = [""] * B, [""] * B
-
+    outcomes = Outcomes(B)
     attention = torch.cat([prompt_mask, prompt_mask.new_zeros((B, max_new))], dim=1)
     positions = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
-    cache_arg = cache_argument(model)
-    with autocast(precision):
-        out = model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            position_ids=position_ids_from_mask(prompt_mask),
-            use_cache=True,
-        )
+    out = forward_step(
+        model, prompt_ids, prompt_mask, position_ids_from_mask(prompt_mask), precision
+    )
     for t in range(max_new):
         active = torch.from_numpy(env.active).to(device)
         new, new_logprobs = sample_tokens(out.logits[:, -1], sampling, generator)
@@ -158,23 +180,12 @@ def rollout(
         attention[:, width + t] = active.long()
         logprobs[:, t] = torch.where(active, new_logprobs, 0.0)
         _, step_rewards, terminated, truncated, step_info = env.step(new.cpu().numpy())
-        for i in np.flatnonzero(terminated | truncated):
-            rewards[i] = float(step_rewards[i])
-            completions[i] = step_info["completion"][i]
-            reasons[i] = step_info["finish_reason"][i]
-            if "gold_reward" in step_info:
-                gold[i] = float(step_info["gold_reward"][i])
+        outcomes.record(step_rewards, terminated | truncated, step_info)
         if not env.active.any():
             break
         positions = positions + 1
-        with autocast(precision):
-            out = model(
-                input_ids=new[:, None],
-                attention_mask=attention[:, : width + t + 1],
-                position_ids=positions,
-                use_cache=True,
-                **{cache_arg: output_cache(out)},
-            )
+        mask = attention[:, : width + t + 1]
+        out = forward_step(model, new[:, None], mask, positions, precision, output_cache(out))
     model.train(was_training)
     T = t + 1
     return Rollout(
@@ -183,9 +194,9 @@ def rollout(
         prompt_width=width,
         completion_mask=attention[:, width : width + T].float(),
         logprobs=logprobs[:, :T],
-        rewards=rewards.to(device),
-        gold_rewards=gold.to(device),
+        rewards=outcomes.rewards.to(device),
+        gold_rewards=outcomes.gold.to(device),
         prompts=[str(p) for p in info["prompt"]],
-        completions=completions,
-        finish_reasons=reasons,
+        completions=outcomes.completions,
+        finish_reasons=outcomes.reasons,
     )
