@@ -35,13 +35,13 @@ from agents.common.online import (
     iteration_prompts,
     masked_token_logprobs,
     online_steps,
+    policy_logits,
     rollout_metrics,
     sample,
     score_rollout,
     update_kl_controller,
 )
-from agents.common.policy import SamplingConfig, completion_logits, process_logits
-from agents.common.precision import autocast
+from agents.common.policy import SamplingConfig, process_logits
 from agents.common.run import Agent, make_optimizer
 
 
@@ -68,18 +68,6 @@ BASELINES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "moving_average": baseline_moving_average,
     "rloo": baseline_rloo,
 }
-
-
-def policy_logits(
-    policy: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_width: int,
-    precision: str,
-) -> torch.Tensor:
-    """The training forward pass: (B, T, vocab) completion logits."""
-    with autocast(precision):
-        return completion_logits(policy, input_ids, attention_mask, prompt_width)
 
 
 @dataclass
@@ -174,7 +162,7 @@ class Reinforce(Agent):
         """One iteration: k samples per prompt, R = r − β·KL(y), baseline, one gradient step."""
         cfg = self.config
         prompts = iteration_prompts(self, step)
-        roll = sample(self, [p for p in prompts for _ in range(cfg.k)])  # prompt-major
+        roll = sample(self, prompts, group_size=cfg.k)
         mask = roll.completion_mask
         scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
         beta = self.kl_ctl.value
@@ -183,7 +171,7 @@ class Reinforce(Agent):
         truncated = (~roll.terminated).float()
         returns = roll.rewards + cfg.no_eos_penalty * truncated - beta * seq_kl
         self._check_finite("return R = r_RM - beta*KL", returns)
-        grouped = returns.view(len(prompts), cfg.k)
+        grouped = roll.grouped(returns)
         advantages = (grouped - BASELINES[cfg.baseline](grouped, self.running_mean)).flatten()
         ones = torch.ones_like(advantages)
         advantage_std = masked_mean_var(advantages, ones, self.dist.all_sum)[1].sqrt().item()

@@ -15,6 +15,7 @@ COMMANDS = {
     "dpo": ("scripts.dpo", "direct preference optimisation"),
     "ppo": ("scripts.ppo", "PPO with a critic against a reward model"),
     "reinforce": ("scripts.reinforce", "REINFORCE / RLOO against a reward model"),
+    "grpo": ("scripts.grpo", "GRPO / Dr. GRPO / DAPO against a reward model"),
 }
 
 

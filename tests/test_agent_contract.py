@@ -1,5 +1,5 @@
 """The agent contract, checked the same way for every agent (SFT, reward model, PPO, REINFORCE,
-DPO): save → load round trip, seeded determinism, kill-and-resume reproducing an uninterrupted
+GRPO, DPO): save → load round trip, seeded determinism, kill-and-resume reproducing an uninterrupted
 run, checkpoint provenance, the final model; and the resume refusals (another agent's or
 config's checkpoint, incomplete or corrupt checkpoints), resume without a checkpoint, and
 TensorBoard events without duplicated steps after a resume."""
@@ -18,18 +18,20 @@ from agents.common.config import OptimConfig, fingerprint_hash, resume_fingerpri
 from agents.common.kl import KLConfig
 from agents.common.run import CHECKPOINT_DIR, FINAL_DIR
 from agents.dpo import DPO, DPOConfig
+from agents.grpo import GRPO, GRPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
 from agents.sft import SFT, SFTConfig
 from tests.interrupt import learn_until_killed
 
-KINDS = ("sft", "reward_model", "ppo", "reinforce", "dpo")
+KINDS = ("sft", "reward_model", "ppo", "reinforce", "grpo", "dpo")
 AGENTS = {
     "sft": SFT,
     "reward_model": RewardModelTrainer,
     "ppo": PPO,
     "reinforce": Reinforce,
+    "grpo": GRPO,
     "dpo": DPO,
 }
 STEPS = 4  # every tiny run below is 4 loop steps, checkpointed every 2
@@ -59,6 +61,9 @@ def config_for(kind: str, resume: bool = False, **overrides):
     if kind == "ppo":
         base = dict(batch_size=4, minibatch_size=2, epochs=1, total_prompts=4 * STEPS)
         cls = PPOConfig
+    elif kind == "grpo":
+        base = dict(batch_size=2, group_size=2, minibatch_size=2, total_prompts=2 * STEPS)
+        cls = GRPOConfig
     else:
         base = dict(batch_size=2, k=2, minibatch_size=4, total_prompts=2 * STEPS)
         cls = ReinforceConfig
@@ -104,6 +109,8 @@ def make(arithmetic_tokenizer, policy_dir):
             return PPO(tiny(tok), tok, ARITH, config, run_dir)
         if kind == "reinforce":
             return Reinforce(tiny(tok), tok, ARITH, config, run_dir)
+        if kind == "grpo":
+            return GRPO(tiny(tok), tok, ARITH, config, run_dir)
         return DPO(tiny(tok), tok, PAIRS, config, run_dir)
 
     return build
@@ -112,7 +119,7 @@ def make(arithmetic_tokenizer, policy_dir):
 def load(kind: str, path: Path, run_dir: Path):
     """``X.load(path, ...)`` of each agent, with the same tiny config."""
     config = config_for(kind)
-    if kind in ("ppo", "reinforce"):
+    if kind in ("ppo", "reinforce", "grpo"):
         return AGENTS[kind].load(path, env_kwargs=ARITH, config=config, run_dir=run_dir)
     return AGENTS[kind].load(path, None, config, run_dir)
 

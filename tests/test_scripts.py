@@ -20,6 +20,7 @@ from scripts import (
     cli,
     compare,
     dpo,
+    grpo,
     pipeline,
     ppo,
     preferences,
@@ -81,10 +82,11 @@ def test_dpo_cli(trained, tmp_path, capsys):
     [
         (ppo.main, ["--batch-size", "4", "--minibatch-size", "2", "--epochs", "1"]),
         (reinforce.main, ["--batch-size", "2", "--k", "2", "--minibatch-size", "4"]),
+        (grpo.main, ["--batch-size", "2", "--group-size", "2", "--loss-type", "dr_grpo"]),
     ],
-    ids=["ppo", "reinforce"],
+    ids=["ppo", "reinforce", "grpo"],
 )
-def test_ppo_and_reinforce_clis(trained, tmp_path, capsys, main, sizes):
+def test_online_clis(trained, tmp_path, capsys, main, sizes):
     main(["--policy", str(trained / "policy"), *TASK, "--reward-model", str(trained / "rm"),
           "--max-new-tokens", "4", "--run-dir", str(tmp_path), "--total-prompts", "4",
           "--precision", "fp32", *sizes])  # fmt: skip

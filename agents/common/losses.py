@@ -12,6 +12,22 @@ import torch.nn.functional as F
 from agents.common.advantages import masked_mean
 
 
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate objective (Schulman et al. 2017, eq. 7), to maximise:
+    min(ρ_t·A_t, clip(ρ_t, 1−ε_low, 1+ε_high)·A_t) with ρ_t = π_θ(y_t)/π_old(y_t); ε_low ≠ ε_high
+    is DAPO's "clip-higher" (Yu et al. 2025). Returns (objective, ρ, log ρ), (batch, T) each."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+    return torch.min(ratio * advantages, clipped), ratio, log_ratio
+
+
 def ppo_clip_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -19,17 +35,16 @@ def ppo_clip_loss(
     mask: torch.Tensor,
     clip_eps: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7), negated to a loss.
+    """Clipped surrogate (Schulman et al. 2017, eq. 7), negated to a loss, token mean.
 
     L = −E_t[min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t)],  ρ_t = π_θ(y_t)/π_old(y_t).
     Stats: ``policy/clipfrac`` (share of tokens where the clip is active) and
     ``policy/approx_kl`` (k3 estimate of KL(π_old‖π_θ)).
     """
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = -masked_mean(torch.min(unclipped, clipped), mask)
+    objective, ratio, log_ratio = clipped_surrogate(
+        logprobs, old_logprobs, advantages, clip_eps, clip_eps
+    )
+    loss = -masked_mean(objective, mask)
     with torch.no_grad():
         clipfrac = masked_mean(((ratio - 1.0).abs() > clip_eps).float(), mask)
         approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)

@@ -46,8 +46,8 @@ class RolloutScores:
     """
 
     logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    exact_kl: torch.Tensor
+    ref_logprobs: torch.Tensor | None
+    exact_kl: torch.Tensor | None
     entropy: torch.Tensor
 
 
@@ -61,28 +61,34 @@ def masked_token_logprobs(
 @torch.no_grad()
 def score_rollout(
     policy: torch.nn.Module,
-    ref: torch.nn.Module,
+    ref: torch.nn.Module | None,
     roll: Rollout,
     sampling: SamplingConfig,
     precision: str,
 ) -> RolloutScores:
-    """ONE full-sequence forward each of policy and reference over the whole rollout batch."""
+    """ONE full-sequence forward each of policy and reference over the whole rollout batch
+    (``ref=None``: no reference; its log-probs and the KL are then None)."""
     mask, tokens = roll.completion_mask, roll.completion_ids
     with autocast(precision):
         logits = completion_logits(policy, roll.input_ids, roll.attention_mask, roll.prompt_width)
     log_probs = F.log_softmax(process_logits(logits, sampling), dim=-1)
     del logits
+    scores = RolloutScores(
+        logprobs=masked_token_logprobs(log_probs, tokens, mask),
+        ref_logprobs=None,
+        exact_kl=None,
+        entropy=entropy_from_logits(log_probs) * mask,
+    )
+    if ref is None:
+        return scores
     with autocast(precision):
         ref_logits = completion_logits(ref, roll.input_ids, roll.attention_mask, roll.prompt_width)
     ref_sampling = SamplingConfig(temperature=sampling.temperature)
     ref_log_probs = F.log_softmax(process_logits(ref_logits, ref_sampling), dim=-1)
     del ref_logits
-    return RolloutScores(
-        logprobs=masked_token_logprobs(log_probs, tokens, mask),
-        ref_logprobs=masked_token_logprobs(ref_log_probs, tokens, mask),
-        exact_kl=exact_kl(log_probs, ref_log_probs) * mask,
-        entropy=entropy_from_logits(log_probs) * mask,
-    )
+    scores.ref_logprobs = masked_token_logprobs(ref_log_probs, tokens, mask)
+    scores.exact_kl = exact_kl(log_probs, ref_log_probs) * mask
+    return scores
 
 
 def gold_metric(roll: Rollout) -> dict[str, float]:
@@ -91,10 +97,25 @@ def gold_metric(roll: Rollout) -> dict[str, float]:
     return {"reward/gold": roll.gold_rewards[known].mean().item()} if known.any() else {}
 
 
-def draw_prompts(pool: tuple[str, ...], n: int, seed: int, iteration: int) -> list[str]:
-    """``n`` prompts drawn with replacement; a pure function of (seed, iteration), so resumable."""
-    rng = np.random.default_rng([seed, iteration])
+def draw_prompts(
+    pool: tuple[str, ...], n: int, seed: int, iteration: int, round_: int = 0
+) -> list[str]:
+    """``n`` prompts drawn with replacement; a pure function of (seed, iteration, round), so
+    resumable. ``round_`` > 0: further draws within one iteration (dynamic sampling)."""
+    rng = np.random.default_rng([seed, iteration, round_] if round_ else [seed, iteration])
     return [pool[i] for i in rng.integers(len(pool), size=n)]
+
+
+def policy_logits(
+    policy: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    precision: str,
+) -> torch.Tensor:
+    """The training forward pass of a critic-free agent: (B, T, vocab) completion logits."""
+    with autocast(precision):
+        return completion_logits(policy, input_ids, attention_mask, prompt_width)
 
 
 def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module:
@@ -139,10 +160,13 @@ def rollout_metrics(roll: Rollout, scores: RolloutScores) -> dict[str, float]:
     """What every online agent logs about its samples: reward, gold, KL (every estimator and
     the exact one), entropy, length, EOS share, and ``tokens`` for throughput."""
     mask = roll.completion_mask
+    kl = {}
+    if scores.ref_logprobs is not None:
+        kl = sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl)
     return {
         "reward/train": roll.rewards.mean().item(),
         **gold_metric(roll),
-        **sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl),
+        **kl,
         "policy/entropy": masked_mean(scores.entropy, mask).item(),
         "episode/length": roll.lengths.mean().item(),
         "episode/eos_fraction": roll.terminated.float().mean().item(),
@@ -151,11 +175,18 @@ def rollout_metrics(roll: Rollout, scores: RolloutScores) -> dict[str, float]:
 
 
 def init_online_agent(
-    agent, policy, tokenizer, env_kwargs: dict | None, reward_model, num_envs: int
+    agent,
+    policy,
+    tokenizer,
+    env_kwargs: dict | None,
+    reward_model,
+    num_envs: int,
+    needs_reference: bool = True,
 ) -> None:
     """Set what every online agent holds: ``dist``, ``policy`` (LoRA-wrapped if configured, in
-    eval mode so π_θ/π_old is exactly 1 before an update), ``ref``, ``env``, ``sampling``,
-    ``precision``, ``kl_ctl`` and the sampling ``generator`` (seed + rank)."""
+    eval mode so π_θ/π_old is exactly 1 before an update), ``ref`` (None unless
+    ``needs_reference``), ``env``, ``sampling``, ``precision``, ``kl_ctl`` and the sampling
+    ``generator`` (seed + rank)."""
     config = agent.config
     agent.dist = Distributed()
     agent.dist.check_divisible(batch_size=config.batch_size)
@@ -163,8 +194,10 @@ def init_online_agent(
     agent.policy, agent.tokenizer = load_policy(policy, tokenizer)
     agent.policy = with_lora(agent.policy, config.lora).eval()
     agent.dist.place(agent.policy)
-    agent.ref = load_reference(agent.policy, agent.tokenizer, config.kl.ref_policy)
-    agent.dist.place(agent.ref)
+    agent.ref = None
+    if needs_reference:
+        agent.ref = load_reference(agent.policy, agent.tokenizer, config.kl.ref_policy)
+        agent.dist.place(agent.ref)
     agent.env = make_rollout_env(agent.tokenizer, env_kwargs, reward_model, num_envs, agent.dist)
     agent.sampling = config.sampling
     warn_if_truncating(config.sampling)
@@ -193,14 +226,17 @@ def online_steps(total_prompts: int, batch_size: int) -> int:
     return -(-total_prompts // batch_size)
 
 
-def sample(agent, prompts: list[str]) -> Rollout:
-    """One completion per prompt through ``agent.env``; a failing reward model stops the run
-    through ``agent._stop`` (on every process), naming the reward model."""
+def sample(agent, prompts: list[str], group_size: int = 1) -> Rollout:
+    """``group_size`` completions of each prompt through ``agent.env``, rolled out together
+    (prompt-major: a prompt's G samples are consecutive rows, ``Rollout.grouped``). A failing
+    reward model stops the run through ``agent._stop`` (on every process), naming it."""
     error, roll = None, None
+    repeated = [p for p in prompts for _ in range(group_size)]
     try:
         roll = rollout(
-            agent.policy, agent.env, agent.sampling, agent.generator, prompts, None, agent.precision
-        )
+            agent.policy, agent.env, agent.sampling, agent.generator, repeated, None,
+            agent.precision, group_size,
+        )  # fmt: skip
     except RewardModelError as e:
         error = e
     if agent.dist.any(error is not None):

@@ -46,6 +46,8 @@ class Rollout:
     prompts: list[str]
     completions: list[str]
     finish_reasons: list[str]
+    group_size: int = 1
+    """Consecutive rows sampled from the same prompt (G samples of a prompt, prompt-major)."""
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -65,6 +67,51 @@ class Rollout:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum().item())
+
+    def grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) → (B / G, G, ...): one row per prompt, its G samples side by side."""
+        return x.view(-1, self.group_size, *x.shape[1:])
+
+    def select_groups(self, groups: list[int]) -> Rollout:
+        """The rollout of the given groups only (in that order)."""
+        G = self.group_size
+        rows = [g * G + i for g in groups for i in range(G)]
+        index = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        pick = lambda seq: [seq[r] for r in rows]  # noqa: E731
+        return Rollout(
+            input_ids=self.input_ids[index], attention_mask=self.attention_mask[index],
+            prompt_width=self.prompt_width, completion_mask=self.completion_mask[index],
+            logprobs=self.logprobs[index], rewards=self.rewards[index],
+            gold_rewards=self.gold_rewards[index], prompts=pick(self.prompts),
+            completions=pick(self.completions), finish_reasons=pick(self.finish_reasons),
+            group_size=G,
+        )  # fmt: skip
+
+
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    """One rollout from several with the same group size: prompts left-padded to the widest,
+    completions right-padded to the longest (pad id 0 under mask 0)."""
+    width = max(r.prompt_width for r in parts)
+    T = max(r.completion_mask.shape[1] for r in parts)
+
+    def pad(r: Rollout, x: torch.Tensor, completion_only: bool = False) -> torch.Tensor:
+        left = 0 if completion_only else width - r.prompt_width
+        right = T - r.completion_mask.shape[1]
+        return torch.nn.functional.pad(x, (left, right))
+
+    return Rollout(
+        input_ids=torch.cat([pad(r, r.input_ids) for r in parts]),
+        attention_mask=torch.cat([pad(r, r.attention_mask) for r in parts]),
+        prompt_width=width,
+        completion_mask=torch.cat([pad(r, r.completion_mask, True) for r in parts]),
+        logprobs=torch.cat([pad(r, r.logprobs, True) for r in parts]),
+        rewards=torch.cat([r.rewards for r in parts]),
+        gold_rewards=torch.cat([r.gold_rewards for r in parts]),
+        prompts=[p for r in parts for p in r.prompts],
+        completions=[c for r in parts for c in r.completions],
+        finish_reasons=[f for r in parts for f in r.finish_reasons],
+        group_size=parts[0].group_size,
+    )
 
 
 def cache_argument(model: torch.nn.Module) -> str:
@@ -148,8 +195,10 @@ def rollout(
     prompts: list[str] | None = None,
     seed: int | None = None,
     precision: str = "fp32",
+    group_size: int = 1,
 ) -> Rollout:
-    """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt."""
+    """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt;
+    ``group_size`` G says that consecutive runs of G prompts are the same prompt's samples."""
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError(
             "rollouts need a lockstep env: TokenMDPVectorEnv(autoreset_mode='disabled')"
@@ -199,4 +248,5 @@ def rollout(
         prompts=[str(p) for p in info["prompt"]],
         completions=outcomes.completions,
         finish_reasons=outcomes.reasons,
+        group_size=group_size,
     )

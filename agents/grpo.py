@@ -1,0 +1,368 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath §4) and its variants, without a critic.
+
+Each iteration draws ``batch_size`` prompts and samples ``group_size`` G completions of each,
+rolled out together through the vector env (``Rollout.grouped``). A completion's advantage
+comes from its own group's rewards; every token of it carries that advantage in a clipped
+surrogate. The choices that distinguish the variants are named config fields:
+
+- ``scale_rewards`` (the advantage): ``"group"`` (r − mean_G)/(std_G + ε) (GRPO);
+  ``"none"`` r − mean_G (Dr. GRPO, Liu et al. 2025); ``"batch"`` (r − mean_G)/(std_batch + ε)
+  (REINFORCE++-baseline, Hu et al. 2025; TRL's ``scale_rewards="batch"``). std is the
+  unbiased sample standard deviation, as in TRL.
+- ``loss_type`` (how token losses become one number): ``"grpo"`` token mean per sequence, then
+  mean over sequences; ``"dapo"`` token sum over the minibatch's token count (Yu et al. 2025);
+  ``"dr_grpo"`` token sum over the constant (sequences × max_new_tokens) (Liu et al. 2025).
+- ``clip_eps_low`` / ``clip_eps_high``: the PPO clip with DAPO's "clip-higher" ε_high > ε_low;
+  ``num_iterations`` μ inner passes over each batch, the importance ratio taken against the
+  sampling policy (GRPO's μ; TRL's ``num_iterations``).
+- ``kl_placement``: ``"reward"`` folds −β·Σ_t k(y_t) into each completion's return before the
+  group advantage (the RLHF placement, as REINFORCE/PPO here); ``"loss"`` adds β·k per token to
+  the loss, with gradients (GRPO's placement). ``kl.kl_estimator`` picks k1/k2/k3 (``kl.py``).
+  ``kl.beta = 0`` loads no reference model at all.
+- ``dynamic_sampling`` (DAPO): groups whose rewards are all equal carry no signal; they are
+  dropped and more prompts are drawn (up to ``max_sampling_rounds`` rounds) until the batch is
+  full; ``grpo/dropped_fraction`` is logged.
+- ``overlong`` (DAPO): ``"none"``; ``"soft_penalty"`` adds −penalty·(L − (L_max − buffer))/buffer
+  to completions longer than L_max − buffer tokens; ``"mask"`` drops truncated completions
+  (no EOS) from the loss.
+
+Each minibatch is one optimiser step and is aggregated on its own (as PPO's minibatches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from agents.common.advantages import masked_mean
+from agents.common.config import (
+    AgentConfig,
+    OptimConfig,
+    check_choice,
+    check_positive,
+    check_range,
+    group,
+)
+from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
+from agents.common.lora import LoraOptions, trainable_parameters
+from agents.common.losses import clipped_surrogate
+from agents.common.online import (
+    draw_prompts,
+    init_online_agent,
+    iteration_prompts,
+    masked_token_logprobs,
+    online_steps,
+    policy_logits,
+    rollout_metrics,
+    sample,
+    score_rollout,
+    update_kl_controller,
+)
+from agents.common.policy import SamplingConfig, process_logits
+from agents.common.rollout import Rollout, concat_rollouts
+from agents.common.run import Agent, make_optimizer
+
+# -- advantages: (prompts, G) rewards → (prompts, G) advantages ---------------------------------
+
+
+def advantage_group(rewards: torch.Tensor, eps: float) -> torch.Tensor:
+    """GRPO: (r − mean_G) / (std_G + ε)."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return centred / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def advantage_none(rewards: torch.Tensor, eps: float) -> torch.Tensor:
+    """Dr. GRPO: r − mean_G (no division by a standard deviation)."""
+    return rewards - rewards.mean(dim=1, keepdim=True)
+
+
+def advantage_batch(rewards: torch.Tensor, eps: float) -> torch.Tensor:
+    """(r − mean_G) / (std over the whole batch + ε)."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return centred / (rewards.std() + eps)
+
+
+ADVANTAGES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "group": advantage_group,
+    "none": advantage_none,
+    "batch": advantage_batch,
+}
+
+# -- loss aggregation: (B, T) token losses and mask → scalar ------------------------------------
+
+
+def aggregate_grpo(losses: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Token mean within each sequence, then mean over sequences (GRPO)."""
+    per_sequence = (losses * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return per_sequence.mean()
+
+
+def aggregate_dapo(losses: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Token sum over the number of tokens (DAPO: every token weighs the same)."""
+    return masked_mean(losses, mask)
+
+
+def aggregate_dr_grpo(
+    losses: torch.Tensor, mask: torch.Tensor, max_new_tokens: int
+) -> torch.Tensor:
+    """Token sum over the constant sequences × max_new_tokens (Dr. GRPO: no length bias)."""
+    return (losses * mask).sum() / (losses.shape[0] * max_new_tokens)
+
+
+AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "grpo": aggregate_grpo,
+    "dapo": aggregate_dapo,
+    "dr_grpo": aggregate_dr_grpo,
+}
+
+
+def soft_overlong_penalty(
+    lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float
+) -> torch.Tensor:
+    """DAPO's soft over-long punishment: 0 up to L_max − buffer tokens, then falling linearly
+    to −penalty at L_max. ``lengths``: (B,) completion lengths → (B,)."""
+    excess = (lengths - (max_new_tokens - buffer)).clamp(min=0)
+    return -penalty * excess / buffer
+
+
+@dataclass
+class GRPOConfig(AgentConfig):
+    """GRPO options; the defaults are DeepSeekMath's GRPO on a tiny GPT-2."""
+
+    precision: str = "auto"
+    """Forward-pass precision: auto | bf16 | fp32 (log-probs, KL and losses stay fp32)."""
+    log_every: int = 1
+    """Write a log point every this many iterations (0 = only at the end)."""
+    save_every: int = 10
+    """Write an atomic checkpoint every this many iterations (0 = only at the end)."""
+    total_prompts: int = 4096
+    """Stop after this many prompts (each sampled group_size times; the x-axis counts prompts)."""
+    batch_size: int = 16
+    """Prompts per iteration, in total over all processes."""
+    group_size: int = 4
+    """G: completions sampled per prompt."""
+    minibatch_size: int = 64
+    """Sequences per optimiser step (a multiple of group_size is natural, not required)."""
+    num_iterations: int = 1
+    """μ: passes over each batch; the ratio is taken against the sampling policy."""
+    scale_rewards: str = "group"
+    """Advantage: group (GRPO) | none (Dr. GRPO) | batch (batch std)."""
+    advantage_eps: float = 1e-4
+    """ε added to the standard deviation of the advantage."""
+    loss_type: str = "grpo"
+    """Aggregation: grpo (sequence mean) | dapo (token mean) | dr_grpo (constant)."""
+    clip_eps_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 − ε_low."""
+    clip_eps_high: float = 0.2
+    """ε_high: the ratio is clipped above at 1 + ε_high (DAPO's clip-higher: 0.28)."""
+    kl_placement: str = "loss"
+    """Where β·KL goes: loss (GRPO: β·k per token in the loss) | reward (−β·Σk in the return)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and draw more prompts until the batch is full."""
+    max_sampling_rounds: int = 4
+    """With dynamic_sampling: at most this many rollout rounds per iteration."""
+    overlong: str = "none"
+    """Over-long completions: none | soft_penalty (DAPO) | mask (drop truncated ones)."""
+    overlong_buffer: int = 4
+    """soft_penalty: tokens before max_new_tokens where the penalty ramps up."""
+    overlong_penalty: float = 1.0
+    """soft_penalty: the penalty at max_new_tokens."""
+    optim: OptimConfig = group(lambda: OptimConfig(learning_rate=1e-4))
+    sampling: SamplingConfig = group(SamplingConfig)
+    kl: KLConfig = group(lambda: KLConfig(beta=0.04, kl_estimator="k3"))
+    lora: LoraOptions = group(LoraOptions, prefix="lora_")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("total_prompts", "batch_size", "group_size", "minibatch_size"):
+            check_positive(name, getattr(self, name))
+        check_positive("num_iterations", self.num_iterations)
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a group baseline), got {self.group_size}")
+        check_choice("scale_rewards", self.scale_rewards, ADVANTAGES)
+        check_positive("advantage_eps", self.advantage_eps, float, allow_zero=True)
+        check_choice("loss_type", self.loss_type, AGGREGATIONS)
+        check_range("clip_eps_low", self.clip_eps_low, 0.0, 1.0, "(]")
+        check_positive("clip_eps_high", self.clip_eps_high, float)
+        check_choice("kl_placement", self.kl_placement, ("loss", "reward"))
+        check_positive("max_sampling_rounds", self.max_sampling_rounds)
+        check_choice("overlong", self.overlong, ("none", "soft_penalty", "mask"))
+        check_positive("overlong_buffer", self.overlong_buffer)
+        check_positive("overlong_penalty", self.overlong_penalty, float, allow_zero=True)
+
+
+class GRPO(Agent):
+    """GRPO over ``TokenMDPVectorEnv``; see the module docstring."""
+
+    agent_name = "grpo"
+
+    def __init__(
+        self,
+        policy,
+        tokenizer=None,
+        env_kwargs: dict | None = None,
+        config: GRPOConfig | None = None,
+        run_dir: str | Path = "runs/grpo",
+        reward_model=None,
+    ):
+        super().__init__()
+        self.config = config = config or GRPOConfig()
+        self.run_dir = Path(run_dir)
+        self.total_prompts = config.total_prompts
+        needs_ref = config.kl.beta > 0 or config.kl.kl_target is not None
+        num_envs = config.batch_size * config.group_size
+        init_online_agent(
+            self, policy, tokenizer, env_kwargs, reward_model, num_envs, needs_reference=needs_ref
+        )
+        if config.dynamic_sampling and self.dist.world_size > 1:
+            raise ValueError("dynamic_sampling runs on one process (batches would differ in size)")
+        self.dist.check_divisible(minibatch_size=config.minibatch_size)
+        steps = online_steps(config.total_prompts, config.batch_size)
+        params = trainable_parameters(self.policy)
+        self.optimizers = {"policy": make_optimizer(params, config.optim, steps)}
+        self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
+        self.max_new_tokens = self.env.setup.max_new_tokens
+
+    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
+        """Train until ``total_prompts`` prompts (default ``config.total_prompts``) are consumed."""
+        if total_prompts is not None:
+            online_steps(total_prompts, self.config.batch_size)  # validates it
+            self.total_prompts = total_prompts
+        return super().learn(callback)
+
+    def _num_steps(self) -> int:
+        return online_steps(self.total_prompts, self.config.batch_size)
+
+    def _step_size(self, step: int) -> int:
+        return self.config.batch_size
+
+    def _state(self):
+        return {"kl_controller": self.kl_ctl.state_dict()}
+
+    def _load_state(self, state):
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+
+    # -- one iteration ----------------------------------------------------------------------------
+    def _collect(self, step: int) -> tuple[Rollout, float]:
+        """The iteration's groups; with dynamic sampling, only groups whose rewards differ,
+        topped up by further rounds of prompts. Returns the rollout and the dropped share."""
+        cfg = self.config
+        roll = sample(self, iteration_prompts(self, step), cfg.group_size)
+        if not cfg.dynamic_sampling:
+            return roll, 0.0
+        kept, seen, dropped = [], 0, 0
+        for round_ in range(cfg.max_sampling_rounds):
+            if round_:
+                pool = self.env.setup.task.prompts(self.env.setup.split)
+                extra = draw_prompts(pool, cfg.batch_size, cfg.seed, step, round_)
+                roll = sample(self, extra, cfg.group_size)
+            varied = roll.grouped(roll.rewards).std(dim=1) > 0
+            seen, dropped = seen + len(varied), dropped + int((~varied).sum())
+            kept.append(roll.select_groups(varied.nonzero().flatten().tolist()))
+            if sum(len(r.prompts) for r in kept) >= cfg.batch_size * cfg.group_size:
+                break
+        kept = [r for r in kept if r.prompts]
+        if not kept:
+            self._stop(f"dynamic sampling: every group of {seen} had equal rewards")
+        roll = concat_rollouts(kept)
+        n_groups = min(cfg.batch_size, len(roll.prompts) // cfg.group_size)
+        return roll.select_groups(list(range(n_groups))), dropped / seen
+
+    def _train_step(self, step: int) -> dict[str, float]:
+        """Roll out groups, score them in one pass, group advantages, μ clipped updates, β."""
+        cfg = self.config
+        roll, dropped = self._collect(step)
+        mask = roll.completion_mask
+        scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
+        beta = self.kl_ctl.value
+        returns = roll.rewards.clone()
+        if cfg.overlong == "soft_penalty":
+            returns += soft_overlong_penalty(
+                roll.lengths, self.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+            )
+        if cfg.kl_placement == "reward" and self.ref is not None:
+            estimator = KL_ESTIMATORS[cfg.kl.kl_estimator]
+            returns -= beta * masked_sum(estimator(scores.logprobs, scores.ref_logprobs), mask)
+        self._check_finite("return (reward, penalties)", returns)
+        advantages = ADVANTAGES[cfg.scale_rewards](roll.grouped(returns), cfg.advantage_eps)
+        advantages = advantages.flatten()
+        loss_mask = mask * roll.terminated.float()[:, None] if cfg.overlong == "mask" else mask
+        train_stats = self._update(roll, scores, advantages, loss_mask, beta)
+        metrics = rollout_metrics(roll, scores)
+        if self.ref is not None:
+            update_kl_controller(self, metrics)
+        zero_std = (roll.grouped(roll.rewards).std(dim=1) == 0).float().mean().item()
+        return {
+            **metrics,
+            "reward/total": returns.mean().item(),
+            "kl/beta": beta,
+            **train_stats,
+            "grpo/dropped_fraction": dropped,
+            "grpo/zero_std_fraction": zero_std,
+            "grpo/advantage_abs": advantages.abs().mean().item(),
+        }
+
+    def _update(self, roll, scores, advantages, loss_mask, beta) -> dict[str, float]:
+        """μ passes of shuffled minibatches; each is one optimiser step. Returns mean stats."""
+        cfg = self.config
+        tokens, totals, n = roll.completion_ids, {}, 0
+        for _ in range(cfg.num_iterations):
+            order = torch.randperm(len(loss_mask), generator=self.generator)
+            for idx in order.split(cfg.minibatch_size // self.dist.world_size):
+                logits = self.train_forward(
+                    roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width, self.precision
+                )
+                log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
+                m = loss_mask[idx]
+                logprobs = masked_token_logprobs(log_probs, tokens[idx], m)
+                loss, stats = self._loss(logprobs, scores, advantages, idx, m, beta)
+                self._check_finite("loss/total", loss.detach())
+                loss.backward()
+                stats.update(self._apply_gradients("policy"))
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n += 1
+        return {k: v / n for k, v in totals.items()}
+
+    def _loss(self, logprobs, scores, advantages, idx, mask, beta):
+        """The minibatch's loss: −clipped surrogate (+ β·k per token with kl_placement="loss"),
+        aggregated by ``loss_type``."""
+        cfg = self.config
+        objective, ratio, _ = clipped_surrogate(
+            logprobs, scores.logprobs[idx], advantages[idx, None], cfg.clip_eps_low,
+            cfg.clip_eps_high,
+        )  # fmt: skip
+        token_losses = -objective
+        aggregate = AGGREGATIONS[cfg.loss_type]
+        stats = {}
+        if cfg.kl_placement == "loss" and self.ref is not None:
+            kl = KL_ESTIMATORS[cfg.kl.kl_estimator](logprobs, scores.ref_logprobs[idx])
+            token_losses = token_losses + beta * kl
+            stats["loss/kl"] = aggregate(kl.detach(), mask, self.max_new_tokens).item()
+        loss = aggregate(token_losses, mask, self.max_new_tokens)
+        with torch.no_grad():
+            low = (ratio < 1 - cfg.clip_eps_low) & (advantages[idx, None] < 0)
+            high = (ratio > 1 + cfg.clip_eps_high) & (advantages[idx, None] > 0)
+            stats["policy/clipfrac_low"] = masked_mean(low.float(), mask).item()
+            stats["policy/clipfrac_high"] = masked_mean(high.float(), mask).item()
+            stats["policy/ratio_deviation"] = masked_mean((ratio - 1).abs(), mask).item()
+        policy_loss = aggregate(-objective.detach(), mask, self.max_new_tokens).item()
+        return loss, {"loss/policy": policy_loss, "loss/total": loss.item(), **stats}
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        env_kwargs: dict | None = None,
+        config: GRPOConfig | None = None,
+        run_dir: str | Path = "runs/grpo",
+        reward_model=None,
+    ) -> GRPO:
+        """An agent whose policy comes from ``save(path)``."""
+        return cls(
+            path, env_kwargs=env_kwargs, config=config, run_dir=run_dir, reward_model=reward_model
+        )
