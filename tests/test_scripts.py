@@ -15,6 +15,7 @@ import torch
 from scripts import (
     bench_dpo,
     bench_env,
+    bench_grpo,
     bench_memory,
     bench_ppo,
     cli,
@@ -114,8 +115,9 @@ def ratios(text: str, pattern: str = r"ratio=(\S+)") -> list[float]:
 
 
 @pytest.mark.parametrize("main, tag", [(bench_env.main, "env_rollout_vs_generate"),
-                                       (bench_ppo.main, "ppo_iter_vs_primitives")],
-                         ids=["bench_env", "bench_ppo"])  # fmt: skip
+                                       (bench_ppo.main, "ppo_iter_vs_primitives"),
+                                       (bench_grpo.main, "grpo_iter_vs_primitives")],
+                         ids=["bench_env", "bench_ppo", "bench_grpo"])  # fmt: skip
 def test_benchmark_smoke(capsys, main, tag):
     main(["--smoke"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
