@@ -186,6 +186,17 @@ def forward_step(model, input_ids, attention_mask, position_ids, precision: str,
         )
 
 
+def reset_prompts(
+    env: TokenMDPVectorEnv, prompts: list[str] | None, seed: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Reset ``env`` on ``prompts`` (or drawn ones): left-padded (B, P) prompt ids and mask on
+    ``device``, and the reset ``info``."""
+    options = {"prompts": prompts} if prompts is not None else None
+    obs, info = env.reset(seed=seed, options=options)
+    ids, mask = left_pad_prompts(obs, info["prompt_length"], env.tokenizer.pad_token_id)
+    return ids.to(device), mask.to(device), info
+
+
 @torch.no_grad()
 def rollout(
     model: torch.nn.Module,
@@ -200,17 +211,11 @@ def rollout(
     """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt;
     ``group_size`` G says that consecutive runs of G prompts are the same prompt's samples."""
     if env.autoreset_mode != AutoresetMode.DISABLED:
-        raise ValueError(
-            "rollouts need a lockstep env: TokenMDPVectorEnv(autoreset_mode='disabled')"
-        )
+        raise ValueError("rollouts need a lockstep env: autoreset_mode='disabled'")
     was_training = model.training
     model.eval()
-    pad_id = env.tokenizer.pad_token_id
-    options = {"prompts": prompts} if prompts is not None else None
-    obs, info = env.reset(seed=seed, options=options)
-    device = model_device(model)
-    prompt_ids, prompt_mask = left_pad_prompts(obs, info["prompt_length"], pad_id)
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    pad_id, device = env.tokenizer.pad_token_id, model_device(model)
+    prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device)
     B, width = prompt_ids.shape
     max_new = env.setup.max_new_tokens
     tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
