@@ -8,7 +8,9 @@ Text in, so a reward model with another tokenizer than the policy swaps in freel
 - a directory saved by the Bradley–Terry trainer (a sequence-classification model, one label),
 - ``"package.module:attr"`` where ``attr`` is a RewardModel object, a class whose no-argument
   instance is one, or a plain function ``f(prompts, completions) -> sequence of floats``,
-- or an object that already has a ``score`` method (returned as is).
+- an object that already has a ``score`` method (returned as is),
+- or a plain function with TRL's reward-function signature, ``f(prompts, completions, **kwargs)
+  -> list[float]`` (``def f(completions, **kwargs)`` too), wrapped in ``FunctionRewardModel``.
 """
 
 from __future__ import annotations
@@ -43,16 +45,29 @@ def _real(dtype: np.dtype) -> bool:
 
 
 class FunctionRewardModel:
-    """Wraps a plain function ``f(prompts, completions)`` as a reward model."""
+    """Wraps a plain function as a reward model, called the way TRL calls reward functions:
+    ``f(prompts=..., completions=...)`` when it takes those names or ``**kwargs`` (so TRL's
+    ``def reward(completions, **kwargs)`` works as is), else ``f(prompts, completions)``."""
 
-    def __init__(self, fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]], name: str):
+    def __init__(self, fn: Callable[..., Sequence[float]], name: str | None = None):
         self.fn = fn
-        self.name = name
+        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # builtins without a signature: positional
+            params = {}
+        self.by_keyword = "completions" in params or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+        )
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         """float32 scores; anything but real numbers is returned as is, for ``checked_score``
         to reject (a cast would turn ``"1.5"`` into 1.5)."""
-        scores = np.asarray(self.fn(prompts, completions))
+        if self.by_keyword:
+            out = self.fn(prompts=list(prompts), completions=list(completions))
+        else:
+            out = self.fn(prompts, completions)
+        scores = np.asarray(out)
         return scores.astype(np.float32) if _real(scores.dtype) else scores
 
     def __repr__(self) -> str:
@@ -157,8 +172,11 @@ def load_reward_model(spec: str | Path | RewardModel) -> RewardModel:
     if not isinstance(spec, (str, Path)):
         if hasattr(spec, "score"):
             return spec
+        if callable(spec):  # a plain function, TRL's reward-function signature
+            return FunctionRewardModel(spec)
         raise TypeError(
-            f"reward model must be a spec string or have a score() method, got {spec!r}"
+            "reward model must be a spec string, an object with score() or a function "
+            f"f(prompts, completions, **kwargs) -> list[float]; got {spec!r}"
         )
     text = str(spec)
     if text in REWARD_MODELS:

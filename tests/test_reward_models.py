@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from reward_models import load_reward_model
+from reward_models import checked_score, load_reward_model
 from reward_models.arithmetic import solve
 from reward_models.learned import NORM_FILE, encode_texts
 
@@ -83,3 +83,42 @@ def test_scoring_text_loads_no_training_code():
         if re.search(r"^\s*(from|import)\s+agents\b", f.read_text(), re.M)
     ]
     assert importers == []
+
+
+def trl_style(completions, **kwargs):
+    """TRL's documented reward-function shape: completions first, the prompts in kwargs."""
+    return [
+        float(len(c)) + 0.5 * (kwargs["prompts"][i] == "2+2=") for i, c in enumerate(completions)
+    ]
+
+
+def plain(prompts, completions):
+    return [1.0 if c == "4" else 0.0 for c in completions]
+
+
+def positional(p, c):
+    return [float(len(x)) for x in c]
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [(trl_style, [1.5, 2.0]), (plain, [1.0, 0.0]), (positional, [1.0, 2.0])],
+    ids=["trl-kwargs", "prompts-completions", "positional"],
+)
+def test_plain_functions_are_reward_models(fn, expected):
+    rm = load_reward_model(fn)
+    scores = checked_score(rm, ["2+2=", "1+1="], ["4", "22"])
+    assert scores.tolist() == expected and rm.name.endswith(fn.__name__)
+
+
+def test_the_env_takes_a_plain_function(arithmetic_tokenizer):
+    """The env (and so every agent, through it) takes the function itself, as TRL does."""
+    import gymnasium as gym
+
+    env = gym.make("TokenMDP-v0", task="arithmetic", reward_model=trl_style)
+    env.reset(seed=0, options={"prompt": "2+2="})
+    done, reward = False, 0.0
+    while not done:
+        _, reward, terminated, truncated, info = env.step(arithmetic_tokenizer.eos_token_id)
+        done = terminated or truncated
+    assert reward == 0.5 and info["completion"] == ""
