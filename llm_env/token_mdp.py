@@ -8,7 +8,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from llm_env.core import TokenBatch, as_token_ids, draw_prompt, observation_space, resolve_setup
+from llm_env.core import (
+    TokenBatch,
+    as_token_ids,
+    draw_prompt,
+    observation_space,
+    resolve_setup,
+)
 from llm_env.tasks import DEFAULT_TASK, Task
 
 
@@ -32,8 +38,17 @@ class TokenMDPEnv(gym.Env):
     (a warning names the prompt).
 
     ## Rewards
-    0.0 on every step but the last, which carries ``reward_model.score([prompt], [completion])``.
-    The KL penalty of RLHF is the agent's business; the env's reward is the pure task reward.
+    ``reward = outcome + process`` on every step. The outcome reward is 0.0 on every step but the
+    last, which carries ``reward_model.score([prompt], [completion])``. The process reward is
+    always 0.0 without a ``process_reward_model`` (the default). With one, a token closes a step
+    when (a) it adds an occurrence of the ``step_boundary`` separator to the decoded completion
+    (or ``step_boundary(token_id)`` is True; never for EOS), or (b) it is the episode's last token
+    and the completion differs from the text last scored (the final step). On a closing token,
+    ``s = process_reward_model.score([prompt], [completion so far])`` (EOS excluded) and it pays
+    ``s`` (``process_reward_mode="step"``) or ``s - Φ`` (``"shaping"``), Φ being the previous
+    such score (0 at the start); every other token pays 0. Shaping's process rewards of an
+    episode thus sum to Φ(final) = the score of the whole completion (0 if it is empty). Details: ``llm_env.process``. The KL penalty of RLHF is
+    the agent's business; the env's reward is the pure task reward.
 
     ## Episode End
     ``terminated`` when the action is EOS; ``truncated`` when ``max_new_tokens`` tokens were
@@ -44,7 +59,8 @@ class TokenMDPEnv(gym.Env):
     ``prompt_length`` (tokens). Final step: ``prompt``, ``completion`` (text, EOS excluded, with
     ``prompt + completion == decode(all tokens)``), ``finish_reason`` ("eos" | "length"),
     ``length`` (generated tokens, EOS included) and ``gold_reward`` when the task has a gold
-    reward model.
+    reward model. With a process reward model, every step's info also has ``outcome_reward`` and
+    ``process_reward`` (floats; their sum is the reward).
 
     ## Arguments
     - ``task``: a registered task name ("sentiment" (default), "arithmetic", "jsonl") or a Task;
@@ -57,6 +73,12 @@ class TokenMDPEnv(gym.Env):
     - ``vocab_size``: size of the action space (default: ``len(tokenizer)``).
     - ``split``: "train" or "eval" prompts.
     - ``render_mode``: "ansi" renders prompt and completion so far as a string.
+    - ``process_reward_model``: None (default: no process reward), "task" (the task's gold
+      process reward, e.g. ``arithmetic_chain_steps``) or any ``load_reward_model`` spec; it
+      scores ``(prompts, completions so far)``.
+    - ``step_boundary``: a non-empty separator string (detected in the decoded text, so it need
+      not be one token) or a predicate ``f(token_id) -> bool``; default: the task's separator.
+    - ``process_reward_mode``: "step" (default) or "shaping".
 
     ``reset(options={"prompt": text})`` uses ``text`` instead of drawing a prompt.
     """
@@ -75,12 +97,16 @@ class TokenMDPEnv(gym.Env):
         vocab_size: int | None = None,
         split: str = "train",
         render_mode: str | None = None,
+        process_reward_model=None,
+        step_boundary=None,
+        process_reward_mode: str = "step",
     ):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.setup = resolve_setup(
             task, task_kwargs, tokenizer, reward_model, gold_reward_model,
             max_new_tokens, max_prompt_tokens, vocab_size, split,
+            process_reward_model, step_boundary, process_reward_mode,
         )  # fmt: skip
         self.tokenizer = self.setup.tokenizer
         self.reward_model = self.setup.reward_model
@@ -115,13 +141,16 @@ class TokenMDPEnv(gym.Env):
                 "call env.reset() to start a new episode"
             )
         tokens = as_token_ids(action, 1, self.setup.vocab_size)
-        rewards, terminated, truncated, final_infos = batch.append(tokens, np.ones(1, dtype=bool))
-        info = final_infos.get(0, {})
+        result = batch.append(tokens, np.ones(1, dtype=bool))
+        info = result.final_infos.get(0, {})
+        if result.process_rewards is not None:
+            info["outcome_reward"] = float(result.outcome_rewards[0])
+            info["process_reward"] = float(result.process_rewards[0])
         return (
             batch.observation(0),
-            float(rewards[0]),
-            bool(terminated[0]),
-            bool(truncated[0]),
+            float(result.rewards[0]),
+            bool(result.terminated[0]),
+            bool(result.truncated[0]),
             info,
         )
 

@@ -11,6 +11,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from llm_env.core import (
+    StepResult,
     TokenBatch,
     as_token_ids,
     check_positive_int,
@@ -33,7 +34,10 @@ class TokenMDPVectorEnv(VectorEnv):
     Sub-env ``i`` reset with ``seed=s`` draws the same prompts as ``TokenMDPEnv`` reset with
     ``seed=s+i`` (the ``SyncVectorEnv`` convention), so B single envs given the same actions give
     the same observations, rewards and infos. All sequences that finish in one step are scored
-    with ONE batched reward-model call.
+    with ONE batched reward-model call; all that close a process step (see ``TokenMDPEnv``'s
+    Rewards), with ONE batched process-reward-model call. With a process reward model,
+    ``info["outcome_reward"]`` and ``info["process_reward"]`` (float arrays, masked to the
+    sequences that stepped) split every step's reward.
 
     ``autoreset_mode`` (Gymnasium's ``AutoresetMode`` or its name):
     - ``"next_step"`` (default, as Gymnasium): a sequence that finished is reset on the following
@@ -70,6 +74,9 @@ class TokenMDPVectorEnv(VectorEnv):
         split: str = "train",
         render_mode: str | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        process_reward_model=None,
+        step_boundary=None,
+        process_reward_mode: str = "step",
     ):
         check_positive_int("num_envs", num_envs)
         if isinstance(autoreset_mode, str):
@@ -84,6 +91,7 @@ class TokenMDPVectorEnv(VectorEnv):
         self.setup = resolve_setup(
             task, task_kwargs, tokenizer, reward_model, gold_reward_model,
             max_new_tokens, max_prompt_tokens, vocab_size, split,
+            process_reward_model, step_boundary, process_reward_mode,
         )  # fmt: skip
         self.tokenizer = self.setup.tokenizer
         self.reward_model = self.setup.reward_model
@@ -109,7 +117,7 @@ class TokenMDPVectorEnv(VectorEnv):
         """The token state (read-only use: prompt lengths, completion ids)."""
         return self._batch
 
-    def _start(self, index: np.ndarray, prompts: list[str] | None, infos: dict) -> None:
+    def _start(self, index: np.ndarray, prompts: list[str] | None, infos: dict) -> dict:
         if prompts is None:
             pool = self.setup.task.prompts(self.setup.split)
             prompts = [draw_prompt(self._rngs[i], pool) for i in index]
@@ -168,7 +176,10 @@ class TokenMDPVectorEnv(VectorEnv):
                 "step() called but every sequence has finished; call reset() "
                 "(or reset(options={'reset_mask': ...}) for some)"
             )
-        rewards, terminated, truncated, final_infos = batch.append(tokens, active)
+        result = batch.append(tokens, active)
+        rewards, terminated, truncated, final_infos = (
+            result.rewards, result.terminated, result.truncated, result.final_infos
+        )  # fmt: skip
         done = np.flatnonzero(terminated | truncated)
         if self.autoreset_mode == AutoresetMode.SAME_STEP and done.size:
             final_obs = self._batch.observation()
@@ -188,7 +199,20 @@ class TokenMDPVectorEnv(VectorEnv):
                 infos = self._add_info(infos, info, i)
             if self.autoreset_mode == AutoresetMode.NEXT_STEP:
                 self._needs_reset[done] = True
+        if result.process_rewards is not None:
+            infos = self._add_reward_sources(infos, result, active)
         return batch.observation(), rewards.astype(np.float64), terminated, truncated, infos
+
+    @staticmethod
+    def _add_reward_sources(infos: dict, result: StepResult, stepped: np.ndarray) -> dict:
+        """``outcome_reward`` and ``process_reward`` arrays, masked to the sequences stepped."""
+        for key, values in (
+            ("outcome_reward", result.outcome_rewards),
+            ("process_reward", result.process_rewards),
+        ):
+            infos[key] = values.astype(np.float64)  # 0 where a sequence did not step
+            infos["_" + key] = stepped.copy()
+        return infos
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

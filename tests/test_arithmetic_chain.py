@@ -10,6 +10,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from llm_env import TokenMDPEnv
 from llm_env.tasks import TASKS, make_task
 from reward_models import REWARD_MODELS, load_reward_model
 from reward_models.arithmetic_chain import chain_terms, steps_correct
@@ -148,3 +149,17 @@ def test_check_env_passes_for_the_task():
     gym_check_env(
         gym.make("TokenMDP-v0", task="arithmetic_chain").unwrapped, skip_render_check=True
     )
+
+
+def test_a_demonstration_played_through_the_env(chain_task, chain_tokenizer):
+    env = TokenMDPEnv(**CHAIN, process_reward_model="task")
+    prompt, completion = chain_task.demonstrations[0]
+    env.reset(options={"prompt": prompt})
+    steps = [env.step(t) for t in ids(chain_tokenizer, completion + "$")]
+    *_, terminated, truncated, final = steps[-1]
+    closing = [k for k, s in enumerate(steps) if s[4]["process_reward"]]
+    assert closing == [completion.index(";"), len(completion)] and terminated
+    assert final["gold_reward"] == 1.0 and final["completion"] == completion
+    assert [s[1] for s in steps] == [0.0] * completion.index(";") + [1.0] + [0.0] * (
+        len(completion) - completion.index(";") - 1
+    ) + [2.0]  # process 1.0 on ";" and on EOS, plus the outcome 1.0 on EOS
