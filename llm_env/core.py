@@ -11,7 +11,8 @@ and ``TokenMDPVectorEnv`` delegate to it, so a vector env and B single envs agre
 Observation layout (length ``max_prompt_tokens + max_new_tokens``): the prompt tokens, then the
 generated tokens, then pad tokens; ``attention_mask`` is 1 on real tokens. Prompts longer than
 ``max_prompt_tokens`` are truncated from the left (their end is what the policy continues) with
-a warning naming the prompt.
+a warning naming the prompt. An episode may start from a prefix: token ids written after the
+prompt as if generated (they count toward ``max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -147,6 +148,39 @@ def as_token_ids(actions, batch_size: int, vocab_size: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def check_prefix(prefix, setup: EnvSetup, eos_id: int, name: str) -> np.ndarray:
+    """Validate a reset prefix: integer token ids of the action space, no EOS, shorter than
+    ``max_new_tokens`` (a token is left to generate). Errors name ``name`` and the bad id."""
+    try:
+        arr = np.asarray(prefix)
+    except ValueError:  # ragged
+        arr = np.asarray(None)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be a list of integer token ids, got {prefix!r}")
+    limit, vocab = setup.max_new_tokens, setup.vocab_size
+    if len(arr) >= limit:
+        raise ValueError(
+            f"{name} has {len(arr)} tokens but max_new_tokens={limit}: a prefix must be shorter "
+            "than max_new_tokens (at least one token is left to generate)"
+        )
+    bad = np.flatnonzero((arr < 0) | (arr >= vocab))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(
+            f"{name}: token id {int(arr[k])} at position {k} is outside the action space "
+            f"Discrete({vocab}): valid ids are 0..{vocab - 1}"
+        )
+    eos = np.flatnonzero(arr == eos_id)
+    if eos.size:
+        raise ValueError(
+            f"{name}: EOS (id {eos_id}) at position {int(eos[0])}: a prefix cannot contain EOS "
+            "(the episode would already have ended)"
+        )
+    return arr.astype(np.int64)
+
+
 @dataclass
 class StepResult:
     """What ``TokenBatch.append`` reports, per sequence: ``rewards = outcome + process``."""
@@ -182,8 +216,14 @@ class TokenBatch:
             self.process = ProcessRewards(setup.process, batch_size, self.eos_id)
 
     # -- episode start -------------------------------------------------------------------------
-    def start(self, index: Sequence[int], prompts: Sequence[str]) -> None:
-        """Begin new episodes for sequences ``index`` with ``prompts`` (one batched tokenizer call)."""
+    def start(
+        self,
+        index: Sequence[int],
+        prompts: Sequence[str],
+        prefixes: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """Begin new episodes for sequences ``index`` with ``prompts`` (one batched tokenizer
+        call), each continued by its checked prefix (``check_prefix``) when given."""
         if len(index) == 0:
             return
         encoded = self.setup.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -212,8 +252,17 @@ class TokenBatch:
         self.finished[index] = False
         for i in index:
             self.finish_reason[i] = None
+        for i, prefix in zip(index, prefixes or ()):
+            self._write_prefix(int(i), prefix)
         if self.process is not None:
-            self.process.start(index)
+            self.process.start(self, index)
+
+    def _write_prefix(self, i: int, prefix: np.ndarray) -> None:
+        """Append ``prefix`` to sequence ``i`` as if generated (no reward, no end check)."""
+        start, n = self.prompt_len[i], len(prefix)
+        self.input_ids[i, start : start + n] = prefix
+        self.attention_mask[i, start : start + n] = 1
+        self.num_new[i] = n
 
     # -- one step --------------------------------------------------------------------------------
     def append(self, tokens: np.ndarray, active: np.ndarray) -> StepResult:

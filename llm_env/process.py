@@ -26,6 +26,10 @@ that token (every other token gets 0):
   completion): the shaped return is that of the terminal reward ``outcome + PRM(x, y)``, paid
   earlier (Ng et al. 1999), so its optimal policy is that objective's. It equals the outcome-only
   optimum when PRM(x, y) is constant over final completions, not in general.
+
+A prefix given at ``reset`` is replayed with the same rules but pays nothing: Φ starts at the
+score of its steps (one batched call), so a branched episode continues exactly as one that
+generated the prefix itself.
 """
 
 from __future__ import annotations
@@ -145,13 +149,32 @@ class ProcessRewards:
         self.phi = np.zeros(batch_size, dtype=np.float32)  # score at the last closing token
         self.scored_text = [""] * batch_size  # completion at the last closing token
 
-    def start(self, index: Sequence[int]) -> None:
-        """Reset sequences ``index``: no separator seen, Φ = 0, nothing scored."""
+    def start(self, batch: TokenBatch, index: Sequence[int]) -> None:
+        """Reset sequences ``index``; replay the prefix tokens already in ``batch`` (no pay)."""
         index = np.asarray(index, dtype=np.int64)
         self.separators[index] = 0
         self.phi[index] = 0.0
         for i in index:
             self.scored_text[i] = ""
+        last = {int(i): self._last_closing(batch, int(i)) for i in index if batch.num_new[i]}
+        rows = [i for i, k in last.items() if k]
+        if rows:
+            texts = batch.completion_texts(rows, [last[i] for i in rows])
+            self._score(batch, np.asarray(rows), texts)
+
+    def _last_closing(self, batch: TokenBatch, i: int) -> int:
+        """Length of the prefix of sequence ``i`` up to its last closing token (0: none)."""
+        n = int(batch.num_new[i])
+        ids = batch.completion_ids(i)
+        if not isinstance(self.setup.boundary, str):
+            closing = [k + 1 for k in range(n) if boundary_says(self.setup.boundary, int(ids[k]))]
+            return closing[-1] if closing else 0
+        last = 0
+        for k, text in enumerate(batch.completion_texts([i] * n, range(1, n + 1)), start=1):
+            count = text.count(self.setup.boundary)
+            if count > self.separators[i]:
+                self.separators[i], last = count, k
+        return last
 
     def step(
         self, batch: TokenBatch, rows: np.ndarray, tokens: np.ndarray, done: np.ndarray

@@ -11,6 +11,7 @@ from gymnasium import spaces
 from llm_env.core import (
     TokenBatch,
     as_token_ids,
+    check_prefix,
     draw_prompt,
     observation_space,
     resolve_setup,
@@ -47,7 +48,8 @@ class TokenMDPEnv(gym.Env):
     ``s = process_reward_model.score([prompt], [completion so far])`` (EOS excluded) and it pays
     ``s`` (``process_reward_mode="step"``) or ``s - Φ`` (``"shaping"``), Φ being the previous
     such score (0 at the start); every other token pays 0. Shaping's process rewards of an
-    episode thus sum to Φ(final) = the score of the whole completion (0 if it is empty). Details: ``llm_env.process``. The KL penalty of RLHF is
+    episode thus sum to Φ(final) = the score of the whole completion (0 if it is empty), minus
+    the score of a reset prefix's steps. Details: ``llm_env.process``. The KL penalty of RLHF is
     the agent's business; the env's reward is the pure task reward.
 
     ## Episode End
@@ -55,10 +57,11 @@ class TokenMDPEnv(gym.Env):
     generated without EOS. Stepping after the end, or before ``reset``, raises ``RuntimeError``.
 
     ## Info
-    ``reset``: ``prompt`` (the prompt text as tokenized, after any truncation) and
-    ``prompt_length`` (tokens). Final step: ``prompt``, ``completion`` (text, EOS excluded, with
-    ``prompt + completion == decode(all tokens)``), ``finish_reason`` ("eos" | "length"),
-    ``length`` (generated tokens, EOS included) and ``gold_reward`` when the task has a gold
+    ``reset``: ``prompt`` (the prompt text as tokenized, after any truncation), ``prompt_length``
+    and ``prefix_length`` (tokens; the prefix follows the prompt in the observation). Final step:
+    ``prompt``, ``completion`` (text, EOS excluded, with ``prompt + completion == decode(all
+    tokens)``; it includes the prefix), ``finish_reason`` ("eos" | "length"), ``length``
+    (completion tokens, prefix and EOS included) and ``gold_reward`` when the task has a gold
     reward model. With a process reward model, every step's info also has ``outcome_reward`` and
     ``process_reward`` (floats; their sum is the reward).
 
@@ -80,7 +83,10 @@ class TokenMDPEnv(gym.Env):
       not be one token) or a predicate ``f(token_id) -> bool``; default: the task's separator.
     - ``process_reward_mode``: "step" (default) or "shaping".
 
-    ``reset(options={"prompt": text})`` uses ``text`` instead of drawing a prompt.
+    ``reset(options={"prompt": text})`` uses ``text`` instead of drawing a prompt;
+    ``options={"prompt": text, "prefix": [ids]}`` also appends the token ids as if generated
+    (branching from any state: they pay no reward and count toward ``max_new_tokens``; a prefix
+    must be shorter than ``max_new_tokens``, hold valid ids and no EOS).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 30}
@@ -119,15 +125,24 @@ class TokenMDPEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        prompt = (options or {}).get("prompt")
+        options = options or {}
+        prompt, prefix = options.get("prompt"), options.get("prefix")
         if prompt is None:
+            if prefix is not None:
+                raise ValueError(
+                    "options['prefix'] needs options['prompt'] (the prompt it continues)"
+                )
             prompt = draw_prompt(self.np_random, self.setup.task.prompts(self.setup.split))
         elif not isinstance(prompt, str):
             raise TypeError(f"options['prompt'] must be a string, got {type(prompt).__name__}")
-        self._batch.start([0], [prompt])
+        prefixes = None
+        if prefix is not None:
+            prefixes = [check_prefix(prefix, self.setup, self._batch.eos_id, "options['prefix']")]
+        self._batch.start([0], [prompt], prefixes)
         info = {
             "prompt": self._batch.prompt_text[0],
             "prompt_length": int(self._batch.prompt_len[0]),
+            "prefix_length": int(self._batch.num_new[0]),
         }
         return self._batch.observation(0), info
 

@@ -15,6 +15,7 @@ from llm_env.core import (
     TokenBatch,
     as_token_ids,
     check_positive_int,
+    check_prefix,
     draw_prompt,
     observation_space,
     resolve_setup,
@@ -50,8 +51,11 @@ class TokenMDPVectorEnv(VectorEnv):
       ``reset(options={"reset_mask": mask})`` for some. ``active`` says which still run; stepping
       when none does raises.
 
-    ``reset(options={"prompts": [...]})`` takes one prompt per (reset) sequence. Infos follow
-    Gymnasium's vector convention: ``info[key]`` is an array, ``info["_" + key]`` its mask.
+    ``reset(options={"prompts": [...]})`` takes one prompt per (reset) sequence;
+    ``options={"prompts": [...], "prefixes": [[ids], ...]}`` also starts each from a partial
+    completion (as ``TokenMDPEnv``'s ``prefix``; ``info["prefix_length"]`` gives its length).
+    Infos follow Gymnasium's vector convention: ``info[key]`` is an array, ``info["_" + key]``
+    its mask.
     """
 
     metadata = {
@@ -117,8 +121,12 @@ class TokenMDPVectorEnv(VectorEnv):
         """The token state (read-only use: prompt lengths, completion ids)."""
         return self._batch
 
-    def _start(self, index: np.ndarray, prompts: list[str] | None, infos: dict) -> dict:
+    def _start(
+        self, index: np.ndarray, prompts: list[str] | None, infos: dict, prefixes=None
+    ) -> dict:
         if prompts is None:
+            if prefixes is not None:
+                raise ValueError("options['prefixes'] needs options['prompts'] (one per prefix)")
             pool = self.setup.task.prompts(self.setup.split)
             prompts = [draw_prompt(self._rngs[i], pool) for i in index]
         elif len(prompts) != len(index) or not all(isinstance(p, str) for p in prompts):
@@ -126,15 +134,31 @@ class TokenMDPVectorEnv(VectorEnv):
                 f"options['prompts'] must be {len(index)} strings (one per reset sequence), "
                 f"got {prompts!r}"
             )
-        self._batch.start(list(index), list(prompts))
+        self._batch.start(list(index), list(prompts), self._check_prefixes(prefixes, prompts))
         self._needs_reset[index] = False
         for i in index:
             info = {
                 "prompt": self._batch.prompt_text[i],
                 "prompt_length": int(self._batch.prompt_len[i]),
+                "prefix_length": int(self._batch.num_new[i]),
             }
             infos = self._add_info(infos, info, int(i))
         return infos
+
+    def _check_prefixes(self, prefixes, prompts: list[str]) -> list[np.ndarray] | None:
+        """``options["prefixes"]`` checked: one valid prefix (``check_prefix``) per prompt."""
+        if prefixes is None:
+            return None
+        if isinstance(prefixes, (str, bytes)) or len(prefixes) != len(prompts):
+            raise ValueError(
+                f"options['prompts'] has {len(prompts)} prompts but options['prefixes'] has "
+                f"{len(prefixes)} entries: give one prefix (a list of token ids) per prompt"
+            )
+        eos = self._batch.eos_id
+        return [
+            check_prefix(p, self.setup, eos, f"options['prefixes'][{k}]")
+            for k, p in enumerate(prefixes)
+        ]
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -155,7 +179,7 @@ class TokenMDPVectorEnv(VectorEnv):
                 raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
             for i in index:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-        infos = self._start(index, options.get("prompts"), {})
+        infos = self._start(index, options.get("prompts"), {}, options.get("prefixes"))
         return self._batch.observation(), infos
 
     def step(

@@ -385,9 +385,9 @@ def test_a_failing_process_reward_model_is_a_reward_model_error_naming_it(
     with pytest.raises(RewardModelError, match=f"reward model 'bad-prm' {message}"):
         env.step(ids(chain_tokenizer, ";")[0])
     venv = TokenMDPVectorEnv(2, **CHAIN, process_reward_model=Failing(output))
-    venv.reset(options={"prompts": [PROMPT] * 2})
+    prefixes = [ids(chain_tokenizer, "1;"), ids(chain_tokenizer, "1")]  # one closed step
     with pytest.raises(RewardModelError, match=f"reward model 'bad-prm' {message}"):
-        venv.step(ids(chain_tokenizer, ";1"))  # only sequence 0 closes a step
+        venv.reset(options={"prompts": [PROMPT] * 2, "prefixes": prefixes})
 
 
 def test_eos_never_closes_a_step_through_the_predicate(chain_tokenizer):
