@@ -66,7 +66,8 @@ class TokenMDPEnv(gym.Env):
     ``process_reward`` (floats; their sum is the reward).
 
     ## Arguments
-    - ``task``: a registered task name ("sentiment" (default), "arithmetic", "jsonl") or a Task;
+    - ``task``: a registered task name ("sentiment" (default), "arithmetic",
+      "arithmetic_chain", "jsonl") or a Task;
       ``task_kwargs`` are passed to the task factory (e.g. ``{"max_operand": 9}``).
     - ``tokenizer``: None (the task's), a tokenizer object, or a ``save_pretrained`` directory.
     - ``reward_model``: None (the task's gold reward) or any ``load_reward_model`` spec.
