@@ -4,13 +4,15 @@
 one token = one action (appended deterministically); EOS ends the episode (terminated); the
 ``max_new_tokens``-th token ends it too (truncated, unless that token is EOS); the reward is 0 on
 every step except the last, which carries ``reward_model.score([prompt], [completion])`` — every
-sequence that finishes in a step is scored in ONE batched call. Both ``TokenMDPEnv`` (B = 1) and
-``TokenMDPVectorEnv`` delegate to it, so a vector env and B single envs agree token for token.
+sequence that finishes in a step is scored in ONE batched call. An optional process reward
+(``llm_env.process``) adds a reward on the tokens that close a step. Both ``TokenMDPEnv`` (B = 1)
+and ``TokenMDPVectorEnv`` delegate to it, so a vector env and B single envs agree token for token.
 
 Observation layout (length ``max_prompt_tokens + max_new_tokens``): the prompt tokens, then the
 generated tokens, then pad tokens; ``attention_mask`` is 1 on real tokens. Prompts longer than
 ``max_prompt_tokens`` are truncated from the left (their end is what the policy continues) with
-a warning naming the prompt.
+a warning naming the prompt. An episode may start from a prefix: token ids written after the
+prompt as if generated (they count toward ``max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
+from llm_env.process import ProcessRewards, ProcessSetup, StepBoundary, resolve_process
 from llm_env.tasks import Task, make_task
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
 from reward_models.base import RewardModel, checked_score, load_reward_model
@@ -40,6 +43,7 @@ class EnvSetup:
     max_prompt_tokens: int
     vocab_size: int
     split: str
+    process: ProcessSetup | None = None
 
 
 def check_positive_int(name: str, value) -> None:
@@ -60,6 +64,9 @@ def resolve_setup(
     max_prompt_tokens: int | None,
     vocab_size: int | None,
     split: str,
+    process_reward_model=None,
+    step_boundary: StepBoundary | None = None,
+    process_reward_mode: str = "step",
 ) -> EnvSetup:
     """Fill in defaults from the task and check every argument, naming the one that is wrong."""
     if task_kwargs is not None and not isinstance(task_kwargs, dict):
@@ -108,6 +115,9 @@ def resolve_setup(
         max_prompt_tokens=int(max_prompt_tokens or task.max_prompt_tokens),
         vocab_size=int(vocab_size),
         split=split,
+        process=resolve_process(
+            task, tokenizer, process_reward_model, step_boundary, process_reward_mode
+        ),
     )
 
 
@@ -138,6 +148,51 @@ def as_token_ids(actions, batch_size: int, vocab_size: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def check_prefix(prefix, setup: EnvSetup, eos_id: int, name: str) -> np.ndarray:
+    """Validate a reset prefix: integer token ids of the action space, no EOS, shorter than
+    ``max_new_tokens`` (a token is left to generate). Errors name ``name`` and the bad id."""
+    try:
+        arr = np.asarray(prefix)
+    except ValueError:  # ragged
+        arr = np.asarray(None)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be a list of integer token ids, got {prefix!r}")
+    limit, vocab = setup.max_new_tokens, setup.vocab_size
+    if len(arr) >= limit:
+        raise ValueError(
+            f"{name} has {len(arr)} tokens but max_new_tokens={limit}: a prefix must be shorter "
+            "than max_new_tokens (at least one token is left to generate)"
+        )
+    bad = np.flatnonzero((arr < 0) | (arr >= vocab))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(
+            f"{name}: token id {int(arr[k])} at position {k} is outside the action space "
+            f"Discrete({vocab}): valid ids are 0..{vocab - 1}"
+        )
+    eos = np.flatnonzero(arr == eos_id)
+    if eos.size:
+        raise ValueError(
+            f"{name}: EOS (id {eos_id}) at position {int(eos[0])}: a prefix cannot contain EOS "
+            "(the episode would already have ended)"
+        )
+    return arr.astype(np.int64)
+
+
+@dataclass
+class StepResult:
+    """What ``TokenBatch.append`` reports, per sequence: ``rewards = outcome + process``."""
+
+    rewards: np.ndarray  # (B,) float32
+    terminated: np.ndarray  # (B,) bool
+    truncated: np.ndarray  # (B,) bool
+    final_infos: dict[int, dict]  # final info of each sequence that ended, by index
+    outcome_rewards: np.ndarray  # (B,) float32, non-zero only where an episode ended
+    process_rewards: np.ndarray | None = None  # (B,) float32; None: no PRM
+
+
 class TokenBatch:
     """B sequences being generated; applies the token-MDP rules (see module docstring)."""
 
@@ -156,10 +211,19 @@ class TokenBatch:
         self.finish_reason: list[str | None] = [None] * batch_size
         self.prompt_text = [""] * batch_size
         self._warned_truncation = False
+        self.process: ProcessRewards | None = None
+        if setup.process is not None:
+            self.process = ProcessRewards(setup.process, batch_size, self.eos_id)
 
     # -- episode start -------------------------------------------------------------------------
-    def start(self, index: Sequence[int], prompts: Sequence[str]) -> None:
-        """Begin new episodes for sequences ``index`` with ``prompts`` (one batched tokenizer call)."""
+    def start(
+        self,
+        index: Sequence[int],
+        prompts: Sequence[str],
+        prefixes: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """Begin new episodes for sequences ``index`` with ``prompts`` (one batched tokenizer
+        call), each continued by its checked prefix (``check_prefix``) when given."""
         if len(index) == 0:
             return
         encoded = self.setup.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -188,15 +252,24 @@ class TokenBatch:
         self.finished[index] = False
         for i in index:
             self.finish_reason[i] = None
+        for i, prefix in zip(index, prefixes or ()):
+            self._write_prefix(int(i), prefix)
+        if self.process is not None:
+            self.process.start(self, index)
+
+    def _write_prefix(self, i: int, prefix: np.ndarray) -> None:
+        """Append ``prefix`` to sequence ``i`` as if generated (no reward, no end check)."""
+        start, n = self.prompt_len[i], len(prefix)
+        self.input_ids[i, start : start + n] = prefix
+        self.attention_mask[i, start : start + n] = 1
+        self.num_new[i] = n
 
     # -- one step --------------------------------------------------------------------------------
-    def append(
-        self, tokens: np.ndarray, active: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, dict]]:
-        """Append ``tokens[i]`` to every ``active`` sequence.
+    def append(self, tokens: np.ndarray, active: np.ndarray) -> StepResult:
+        """Append ``tokens[i]`` to every ``active`` sequence; the rewards, ends and final infos.
 
-        Returns ``(rewards, terminated, truncated, final_infos)``: per-sequence arrays, and the
-        final ``info`` of each sequence that finished in this step, keyed by its index.
+        Process rewards (when set up) are computed first, in one model call, then the outcome
+        rewards of the sequences that ended, in another.
         """
         vocab = self.setup.vocab_size
         bad = active & ((tokens < 0) | (tokens >= vocab))
@@ -213,14 +286,16 @@ class TokenBatch:
         terminated = active & (tokens == self.eos_id)
         truncated = active & ~terminated & (self.num_new >= self.setup.max_new_tokens)
         done = np.flatnonzero(terminated | truncated)
-        rewards = np.zeros(self.batch_size, dtype=np.float32)
+        self.finished[done] = True
+        for i in done:
+            self.finish_reason[i] = "eos" if terminated[i] else "length"
+        process = None if self.process is None else self.process.step(self, rows, tokens, done)
+        outcome = np.zeros(self.batch_size, dtype=np.float32)
         final_infos: dict[int, dict] = {}
         if done.size:
-            self.finished[done] = True
-            for i in done:
-                self.finish_reason[i] = "eos" if terminated[i] else "length"
-            rewards[done], final_infos = self._score(done)
-        return rewards, terminated, truncated, final_infos
+            outcome[done], final_infos = self._score(done)
+        rewards = outcome if process is None else outcome + process
+        return StepResult(rewards, terminated, truncated, final_infos, outcome, process)
 
     def completion_ids(self, i: int) -> np.ndarray:
         """Generated token ids of sequence ``i`` (EOS included if emitted)."""
@@ -229,19 +304,30 @@ class TokenBatch:
 
     def completion_text(self, i: int) -> str:
         """Text such that ``prompt_text + completion_text == decode(prompt + completion)``."""
-        ids = self.completion_ids(i)
-        if self.finish_reason[i] == "eos":
-            ids = ids[:-1]
-        full_ids = self.input_ids[i, : self.prompt_len[i] + len(ids)]
-        full = self.setup.tokenizer.decode(full_ids, skip_special_tokens=True)
-        prompt = self.prompt_text[i]
-        if full.startswith(prompt):
-            return full[len(prompt) :]
-        return self.setup.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.completion_texts([i])[0]
+
+    def completion_texts(
+        self, rows: Sequence[int], lengths: Sequence[int] | None = None
+    ) -> list[str]:
+        """``completion_text`` of each of ``rows`` (one batched decode), or of its first
+        ``lengths[k]`` generated tokens; by default all of them, a final EOS excluded."""
+        if lengths is None:
+            lengths = [self.num_new[i] - (self.finish_reason[i] == "eos") for i in rows]
+        ends = [self.prompt_len[i] + n for i, n in zip(rows, lengths)]
+        full_ids = [self.input_ids[i, :end].tolist() for i, end in zip(rows, ends)]
+        decode = self.setup.tokenizer.batch_decode
+        texts = []
+        for i, end, full in zip(rows, ends, decode(full_ids, skip_special_tokens=True)):
+            prompt = self.prompt_text[i]
+            if not full.startswith(prompt):
+                ids = self.input_ids[i, self.prompt_len[i] : end]
+                full = prompt + self.setup.tokenizer.decode(ids, skip_special_tokens=True)
+            texts.append(full[len(prompt) :])
+        return texts
 
     def _score(self, done: np.ndarray) -> tuple[np.ndarray, dict[int, dict]]:
         prompts = [self.prompt_text[i] for i in done]
-        completions = [self.completion_text(i) for i in done]
+        completions = self.completion_texts(done.tolist())
         rewards = checked_score(self.setup.reward_model, prompts, completions)
         gold_model = self.setup.gold_reward_model
         if gold_model is None:

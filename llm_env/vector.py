@@ -11,9 +11,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from llm_env.core import (
+    StepResult,
     TokenBatch,
     as_token_ids,
     check_positive_int,
+    check_prefix,
     draw_prompt,
     observation_space,
     resolve_setup,
@@ -33,7 +35,10 @@ class TokenMDPVectorEnv(VectorEnv):
     Sub-env ``i`` reset with ``seed=s`` draws the same prompts as ``TokenMDPEnv`` reset with
     ``seed=s+i`` (the ``SyncVectorEnv`` convention), so B single envs given the same actions give
     the same observations, rewards and infos. All sequences that finish in one step are scored
-    with ONE batched reward-model call.
+    with ONE batched reward-model call; all that close a process step (see ``TokenMDPEnv``'s
+    Rewards), with ONE batched process-reward-model call. With a process reward model,
+    ``info["outcome_reward"]`` and ``info["process_reward"]`` (float arrays, masked to the
+    sequences that stepped) split every step's reward.
 
     ``autoreset_mode`` (Gymnasium's ``AutoresetMode`` or its name):
     - ``"next_step"`` (default, as Gymnasium): a sequence that finished is reset on the following
@@ -46,8 +51,11 @@ class TokenMDPVectorEnv(VectorEnv):
       ``reset(options={"reset_mask": mask})`` for some. ``active`` says which still run; stepping
       when none does raises.
 
-    ``reset(options={"prompts": [...]})`` takes one prompt per (reset) sequence. Infos follow
-    Gymnasium's vector convention: ``info[key]`` is an array, ``info["_" + key]`` its mask.
+    ``reset(options={"prompts": [...]})`` takes one prompt per (reset) sequence;
+    ``options={"prompts": [...], "prefixes": [[ids], ...]}`` also starts each from a partial
+    completion (as ``TokenMDPEnv``'s ``prefix``; ``info["prefix_length"]`` gives its length).
+    Infos follow Gymnasium's vector convention: ``info[key]`` is an array, ``info["_" + key]``
+    its mask.
     """
 
     metadata = {
@@ -70,6 +78,9 @@ class TokenMDPVectorEnv(VectorEnv):
         split: str = "train",
         render_mode: str | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        process_reward_model=None,
+        step_boundary=None,
+        process_reward_mode: str = "step",
     ):
         check_positive_int("num_envs", num_envs)
         if isinstance(autoreset_mode, str):
@@ -84,6 +95,7 @@ class TokenMDPVectorEnv(VectorEnv):
         self.setup = resolve_setup(
             task, task_kwargs, tokenizer, reward_model, gold_reward_model,
             max_new_tokens, max_prompt_tokens, vocab_size, split,
+            process_reward_model, step_boundary, process_reward_mode,
         )  # fmt: skip
         self.tokenizer = self.setup.tokenizer
         self.reward_model = self.setup.reward_model
@@ -109,8 +121,12 @@ class TokenMDPVectorEnv(VectorEnv):
         """The token state (read-only use: prompt lengths, completion ids)."""
         return self._batch
 
-    def _start(self, index: np.ndarray, prompts: list[str] | None, infos: dict) -> None:
+    def _start(
+        self, index: np.ndarray, prompts: list[str] | None, infos: dict, prefixes=None
+    ) -> dict:
         if prompts is None:
+            if prefixes is not None:
+                raise ValueError("options['prefixes'] needs options['prompts'] (one per prefix)")
             pool = self.setup.task.prompts(self.setup.split)
             prompts = [draw_prompt(self._rngs[i], pool) for i in index]
         elif len(prompts) != len(index) or not all(isinstance(p, str) for p in prompts):
@@ -118,15 +134,31 @@ class TokenMDPVectorEnv(VectorEnv):
                 f"options['prompts'] must be {len(index)} strings (one per reset sequence), "
                 f"got {prompts!r}"
             )
-        self._batch.start(list(index), list(prompts))
+        self._batch.start(list(index), list(prompts), self._check_prefixes(prefixes, prompts))
         self._needs_reset[index] = False
         for i in index:
             info = {
                 "prompt": self._batch.prompt_text[i],
                 "prompt_length": int(self._batch.prompt_len[i]),
+                "prefix_length": int(self._batch.num_new[i]),
             }
             infos = self._add_info(infos, info, int(i))
         return infos
+
+    def _check_prefixes(self, prefixes, prompts: list[str]) -> list[np.ndarray] | None:
+        """``options["prefixes"]`` checked: one valid prefix (``check_prefix``) per prompt."""
+        if prefixes is None:
+            return None
+        if isinstance(prefixes, (str, bytes)) or len(prefixes) != len(prompts):
+            raise ValueError(
+                f"options['prompts'] has {len(prompts)} prompts but options['prefixes'] has "
+                f"{len(prefixes)} entries: give one prefix (a list of token ids) per prompt"
+            )
+        eos = self._batch.eos_id
+        return [
+            check_prefix(p, self.setup, eos, f"options['prefixes'][{k}]")
+            for k, p in enumerate(prefixes)
+        ]
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -147,7 +179,7 @@ class TokenMDPVectorEnv(VectorEnv):
                 raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
             for i in index:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-        infos = self._start(index, options.get("prompts"), {})
+        infos = self._start(index, options.get("prompts"), {}, options.get("prefixes"))
         return self._batch.observation(), infos
 
     def step(
@@ -168,7 +200,10 @@ class TokenMDPVectorEnv(VectorEnv):
                 "step() called but every sequence has finished; call reset() "
                 "(or reset(options={'reset_mask': ...}) for some)"
             )
-        rewards, terminated, truncated, final_infos = batch.append(tokens, active)
+        result = batch.append(tokens, active)
+        rewards, terminated, truncated, final_infos = (
+            result.rewards, result.terminated, result.truncated, result.final_infos
+        )  # fmt: skip
         done = np.flatnonzero(terminated | truncated)
         if self.autoreset_mode == AutoresetMode.SAME_STEP and done.size:
             final_obs = self._batch.observation()
@@ -188,7 +223,20 @@ class TokenMDPVectorEnv(VectorEnv):
                 infos = self._add_info(infos, info, i)
             if self.autoreset_mode == AutoresetMode.NEXT_STEP:
                 self._needs_reset[done] = True
+        if result.process_rewards is not None:
+            infos = self._add_reward_sources(infos, result, active)
         return batch.observation(), rewards.astype(np.float64), terminated, truncated, infos
+
+    @staticmethod
+    def _add_reward_sources(infos: dict, result: StepResult, stepped: np.ndarray) -> dict:
+        """``outcome_reward`` and ``process_reward`` arrays, masked to the sequences stepped."""
+        for key, values in (
+            ("outcome_reward", result.outcome_rewards),
+            ("process_reward", result.process_rewards),
+        ):
+            infos[key] = values.astype(np.float64)  # 0 where a sequence did not step
+            infos["_" + key] = stepped.copy()
+        return infos
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

@@ -1,10 +1,13 @@
 """The reward-model protocol and ``load_reward_model(spec)``.
 
 A reward model scores text: ``score(prompts, completions) -> np.ndarray`` (float32, shape [N]).
-Text in, so a reward model with another tokenizer than the policy swaps in freely.
+Text in, so a reward model with another tokenizer than the policy swaps in freely. A process
+reward model has the same protocol, called with the completions so far (the env's
+``process_reward_model``), and its scores go through the same ``checked_score``.
 
 ``load_reward_model(spec)`` accepts
-- a registered name (``"sentiment"``, ``"arithmetic"``, ...; see ``REWARD_MODELS``),
+- a registered name (``"sentiment"``, ``"arithmetic"``, ``"arithmetic_chain"``, its process
+  reward ``"arithmetic_chain_steps"``, ...; see ``REWARD_MODELS``),
 - a directory saved by the Bradley–Terry trainer (a sequence-classification model, one label),
 - ``"package.module:attr"`` where ``attr`` is a RewardModel object, a class whose no-argument
   instance is one, or a plain function ``f(prompts, completions) -> sequence of floats``,
@@ -132,6 +135,18 @@ def _arithmetic() -> RewardModel:
     return ArithmeticRewardModel()
 
 
+def _arithmetic_chain() -> RewardModel:
+    from reward_models.arithmetic_chain import ArithmeticChainRewardModel
+
+    return ArithmeticChainRewardModel()
+
+
+def _arithmetic_chain_steps() -> RewardModel:
+    from reward_models.arithmetic_chain import ArithmeticChainStepsRewardModel
+
+    return ArithmeticChainStepsRewardModel()
+
+
 def _length() -> RewardModel:
     from reward_models.arithmetic import LengthRewardModel
 
@@ -141,6 +156,8 @@ def _length() -> RewardModel:
 REWARD_MODELS: dict[str, Callable[[], RewardModel]] = {
     "sentiment": _sentiment,
     "arithmetic": _arithmetic,
+    "arithmetic_chain": _arithmetic_chain,
+    "arithmetic_chain_steps": _arithmetic_chain_steps,
     "length": _length,
 }
 

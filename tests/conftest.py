@@ -95,3 +95,14 @@ def pretrained_arithmetic(arithmetic_task, tmp_path_factory):
     pretrain(arithmetic_task, steps=150).save_pretrained(path)
     arithmetic_task.tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def chain_task():
+    """``arithmetic_chain`` with three single-digit terms: prompts like ``"6+7+9="``."""
+    return make_task("arithmetic_chain", num_terms=3, max_operand=9)
+
+
+@pytest.fixture(scope="session")
+def chain_tokenizer(chain_task):
+    return chain_task.tokenizer()

@@ -100,7 +100,9 @@ def test_jsonl_task_with_any_reward_model(tmp_path, arithmetic_tokenizer):
 
 def test_unknown_reward_model_lists_registered_names():
     with pytest.raises(
-        ValueError, match=r"unknown reward model 'vibes'.*\['arithmetic', 'length', 'sentiment'\]"
+        ValueError,
+        match=r"unknown reward model 'vibes'.*\['arithmetic', 'arithmetic_chain', "
+        r"'arithmetic_chain_steps', 'length', 'sentiment'\]",
     ):
         load_reward_model("vibes")
     with pytest.raises(ValueError, match="cannot import"):

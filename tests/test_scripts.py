@@ -156,7 +156,11 @@ def test_bench_memory_smoke(capsys):
         ("--betas", "0", "--betas '0': '0' is not a positive number"),
         ("--prompt-budget", "-8", "--prompt-budget -8: must be >= 0"),
         ("--eval-prompts", "-1", "--eval-prompts -1: must be >= 0"),
-        ("--task", "chess", "--task 'chess': unknown task; choose from arithmetic, sentiment"),
+        (
+            "--task",
+            "chess",
+            "--task 'chess': unknown task; choose from arithmetic, arithmetic_chain, sentiment",
+        ),
         ("--precision", "fp8", "--precision 'fp8': choose from auto, bf16, fp32"),
     ],
 )

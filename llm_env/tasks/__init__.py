@@ -1,5 +1,6 @@
 """Built-in tasks and the task registry: ``make_task("sentiment")``, ``make_task("arithmetic",
-max_operand=9)``, ``make_task("jsonl", path="prompts.jsonl")``."""
+max_operand=9)``, ``make_task("arithmetic_chain", num_terms=3)``, ``make_task("jsonl",
+path="prompts.jsonl")``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from llm_env.tasks.arithmetic import make_arithmetic_task
+from llm_env.tasks.arithmetic_chain import make_arithmetic_chain_task
 from llm_env.tasks.base import Task
 from llm_env.tasks.jsonl import JsonlError, make_jsonl_task, read_jsonl
 
@@ -21,6 +23,7 @@ def _sentiment(**kwargs) -> Task:
 TASKS: dict[str, Callable[..., Task]] = {
     "sentiment": _sentiment,
     "arithmetic": make_arithmetic_task,
+    "arithmetic_chain": make_arithmetic_chain_task,
     "jsonl": make_jsonl_task,
 }
 DEFAULT_TASK = "sentiment"

@@ -15,6 +15,9 @@ class Task:
     ``demonstrations`` are ``(prompt, completion)`` pairs: the corpus a tiny policy is pre-trained
     / SFT-ed on. ``gold_reward`` is a ``load_reward_model`` spec (or ``None`` when the task has no
     known gold score). ``make_tokenizer`` builds the task's tokenizer; ``tokenizer()`` caches it.
+    A multi-step task also names the separator between its steps (``step_separator``, the env's
+    default ``step_boundary``) and a gold process reward of the steps so far
+    (``gold_process_reward``, a spec; the env's ``process_reward_model="task"``).
     """
 
     name: str
@@ -25,6 +28,8 @@ class Task:
     max_new_tokens: int
     max_prompt_tokens: int
     make_tokenizer: Callable[[], PreTrainedTokenizerBase] | None = None
+    step_separator: str | None = None
+    gold_process_reward: str | None = None
     _tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
