@@ -21,11 +21,13 @@ batched call for every sequence of the batch that closes a step in that step. Wh
 that token (every other token gets 0):
 
 - ``"step"``: the score itself, ``r_t = PRM(x, y_<=t)``;
-- ``"shaping"``: ``r_t = Φ(s_t+1) - Φ(s_t)`` with Φ(s) the score at the last closing token (0 at
-  the start). The total over an episode telescopes to Φ(final) = PRM(x, y) (0 for an empty
-  completion): the shaped return is that of the terminal reward ``outcome + PRM(x, y)``, paid
-  earlier (Ng et al. 1999), so its optimal policy is that objective's. It equals the outcome-only
-  optimum when PRM(x, y) is constant over final completions, not in general.
+- ``"shaping"``: potential-based shaping (Ng et al. 1999), ``r_t = Φ(s_t+1) - Φ(s_t)`` with Φ(s)
+  the score at the last closing token (0 at the start) and Φ(terminal) = 0: on a closing token
+  the increase of the score, and on the episode's last token ``-Φ`` of the state before it (so
+  the final step's score, which the outcome reward judges, is not paid twice). The total over
+  every episode telescopes to Φ(s_0) − Φ(terminal) = 0: the shaped return equals the outcome
+  reward, and the optimal policy is the outcome-only one; the process reward only moves credit
+  earlier, to the tokens that raised the score.
 
 A prefix given at ``reset`` is replayed with the same rules but pays nothing: Φ starts at the
 score of its steps (one batched call), so a branched episode continues exactly as one that
@@ -182,11 +184,13 @@ class ProcessRewards:
         """Process rewards (float32, shape (B,)) after ``tokens[rows]`` were appended to ``rows``
         and the sequences ``done`` ended: one model call for all closing sequences."""
         rewards = np.zeros(len(self.phi), dtype=np.float32)
+        before = self.phi.copy()
         closing, texts = self._closing(batch, rows, tokens, set(done.tolist()))
         if closing.size:
-            previous = self.phi[closing].copy()
             scores = self._score(batch, closing, texts)
-            rewards[closing] = scores if self.setup.mode == "step" else scores - previous
+            rewards[closing] = scores if self.setup.mode == "step" else scores - before[closing]
+        if self.setup.mode == "shaping" and done.size:  # Φ(terminal) = 0
+            rewards[done] = -before[done]
         return rewards
 
     def _closing(

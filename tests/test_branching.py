@@ -73,11 +73,11 @@ def test_a_prefix_pays_nothing_and_shaping_counts_from_its_steps(chain_tokenizer
     env.reset(options={"prompt": PROMPT, "prefix": ids(chain_tokenizer, "6+7=14;")})
     assert env._batch.process.phi[0] == 0.0  # its one step is wrong
     paid = [env.step(t)[4]["process_reward"] for t in ids(chain_tokenizer, "14+9=23$")]
-    assert paid == [0.0] * 7 + [0.5]  # Φ: 0 -> 0.5 (one of two steps right)
+    assert paid == [0.0] * 8  # Φ: 0 -> Φ(terminal) = 0 (the last step is the outcome's to judge)
     env.reset(options={"prompt": PROMPT, "prefix": ids(chain_tokenizer, "6+7=13;")})
     assert env._batch.process.phi[0] == 1.0
     paid = [env.step(t)[4]["process_reward"] for t in ids(chain_tokenizer, "13+9=23$")]
-    assert paid == [0.0] * 7 + [-0.5]  # Φ: 1 -> 0.5: the prefix's step is not paid again
+    assert paid == [0.0] * 7 + [-1.0]  # Φ: 1 (the prefix's step, not paid again) -> 0
 
 
 def test_a_prefix_counts_toward_max_new_tokens(chain_tokenizer):

@@ -43,13 +43,15 @@ class Arbitrary:
 
 # completion ("$" = EOS): (step-mode process reward by token index, shaping's, outcome reward).
 # The closing tokens are the keys: ";" and, at the end, a last token after unscored text.
+# Shaping pays the score's increase on closing tokens and −Φ(before) on the last token
+# (Φ(terminal) = 0), so every episode's shaping rewards sum to 0.
 PLACEMENT = {
-    "6+7=13;13+9=22$": ({6: 1.0, 14: 1.0}, {6: 1.0, 14: 0.0}, 1.0),
-    "6+7=13;13+9=23$": ({6: 1.0, 14: 0.5}, {6: 1.0, 14: -0.5}, 0.0),
-    "6+7=14;14+9=23$": ({6: 0.0, 14: 0.5}, {6: 0.0, 14: 0.5}, 0.0),
-    "6+7=13;$": ({6: 1.0}, {6: 1.0}, 0.0),  # EOS right after ";": nothing new to score
-    "6+7=13;13+9=222": ({6: 1.0, 14: 0.5}, {6: 1.0, 14: -0.5}, 0.0),  # truncated
-    "6+7=13;13+9=22;": ({6: 1.0, 14: 1.0}, {6: 1.0, 14: 0.0}, 0.0),  # truncated on ";": once
+    "6+7=13;13+9=22$": ({6: 1.0, 14: 1.0}, {6: 1.0, 14: -1.0}, 1.0),
+    "6+7=13;13+9=23$": ({6: 1.0, 14: 0.5}, {6: 1.0, 14: -1.0}, 0.0),
+    "6+7=14;14+9=23$": ({6: 0.0, 14: 0.5}, {6: 0.0, 14: 0.0}, 0.0),
+    "6+7=13;$": ({6: 1.0}, {6: 1.0, 7: -1.0}, 0.0),  # EOS right after ";": nothing new to score
+    "6+7=13;13+9=222": ({6: 1.0, 14: 0.5}, {6: 1.0, 14: -1.0}, 0.0),  # truncated
+    "6+7=13;13+9=22;": ({6: 1.0, 14: 1.0}, {6: 1.0, 14: -1.0}, 0.0),  # truncated on ";": once
     "22$": ({2: 0.0}, {2: 0.0}, 1.0),  # no separator: one step, scored on the last token
     "$": ({}, {}, 0.0),  # empty completion: nothing scored
 }
@@ -61,7 +63,7 @@ def expected(completion: str, mode: str):
     n = len(completion)
     process = [paid.get(t, 0.0) for t in range(n)]
     outcomes = [0.0] * (n - 1) + [outcome]
-    scored = [completion[: t + 1].rstrip("$") for t in sorted(paid)]
+    scored = [completion[: t + 1].rstrip("$") for t in sorted(step)]  # the closing tokens
     return process, outcomes, scored
 
 
@@ -178,10 +180,16 @@ def test_random_episodes_single_equals_vector_and_shaping_telescopes(boundary, c
             if mode == "step":
                 want = [s if c else 0.0 for s, c in zip(scores, closes)]
                 assert paid == pytest.approx(want, abs=1e-6)
-            else:  # the telescoping sum: Φ(final) = score of the final completion (0 if empty)
-                final = float(prm.score([""], [completion])[0]) if completion else 0.0
-                assert sum(paid) == pytest.approx(final, abs=1e-5)
-                assert all(c for p, c in zip(paid, closes) if p != 0)  # paid only where closing
+            else:  # the telescoping sum: Φ(s_0) − Φ(terminal) = 0, every episode
+                assert sum(paid) == pytest.approx(0.0, abs=1e-5)
+                want = [s if c else 0.0 for s, c in zip(scores, closes)]
+                last_scores = [0.0]
+                for s, c in zip(scores, closes):
+                    last_scores.append(s if c else last_scores[-1])
+                increases = [w - last_scores[k] if c else 0.0
+                             for k, (w, c) in enumerate(zip(want, closes))]  # fmt: skip
+                assert paid[:-1] == pytest.approx(increases[:-1], abs=1e-5)
+                assert paid[-1] == pytest.approx(-last_scores[-2], abs=1e-5)
 
 
 def test_a_separator_spanning_two_tokens_closes_on_the_token_completing_it(chain_tokenizer):
