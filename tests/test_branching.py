@@ -164,3 +164,27 @@ def test_a_prefix_of_ids_past_the_tokenizer_but_inside_the_action_space_is_fine(
     env = TokenMDPEnv(**ARITH, vocab_size=n + 4)
     obs, info = env.reset(options={"prompt": "1+1=", "prefix": [n + 3]})
     assert info["prefix_length"] == 1 and obs["input_ids"][info["prompt_length"]] == n + 3
+
+
+def test_a_rollout_continues_from_a_prefix(chain_tokenizer):
+    """The agents' rollout branches from prompt + prefix: the model sees the prefix as context,
+    and with a model that always says EOS the completion is the prefix itself."""
+    import torch
+
+    import llm_env
+    from agents.common.policy import SamplingConfig
+    from agents.common.rollout import rollout
+
+    model = llm_env.tiny_gpt2(chain_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=64)
+    with torch.no_grad():  # every position predicts EOS: logits = h · E^T, make E[eos] dominate
+        model.lm_head.weight.zero_()
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[chain_tokenizer.eos_token_id] = 50.0
+    venv = TokenMDPVectorEnv(2, **CHAIN, autoreset_mode="disabled")
+    prefix = ids(chain_tokenizer, "6+7=13;")
+    roll = rollout(model, venv, SamplingConfig(), prompts=[PROMPT] * 2, prefixes=[prefix, []])
+    assert roll.completions == ["6+7=13;", ""]
+    prompt_length = venv.reset(options={"prompts": [PROMPT] * 2})[1]["prompt_length"][0]
+    assert roll.prompt_width == prompt_length + len(prefix)
+    assert roll.lengths.tolist() == [1.0, 1.0]  # the new tokens: EOS only

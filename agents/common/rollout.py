@@ -187,13 +187,21 @@ def forward_step(model, input_ids, attention_mask, position_ids, precision: str,
 
 
 def reset_prompts(
-    env: TokenMDPVectorEnv, prompts: list[str] | None, seed: int | None, device: torch.device
+    env: TokenMDPVectorEnv,
+    prompts: list[str] | None,
+    seed: int | None,
+    device: torch.device,
+    prefixes: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Reset ``env`` on ``prompts`` (or drawn ones): left-padded (B, P) prompt ids and mask on
-    ``device``, and the reset ``info``."""
-    options = {"prompts": prompts} if prompts is not None else None
+    """Reset ``env`` on ``prompts`` (or drawn ones), each continued by its ``prefixes`` token ids
+    if given (branching from that state): left-padded (B, P) ids and mask of prompt + prefix on
+    ``device`` (the context the model continues), and the reset ``info``."""
+    options = None
+    if prompts is not None:
+        options = {"prompts": prompts, **({"prefixes": prefixes} if prefixes is not None else {})}
     obs, info = env.reset(seed=seed, options=options)
-    ids, mask = left_pad_prompts(obs, info["prompt_length"], env.tokenizer.pad_token_id)
+    context = info["prompt_length"] + info.get("prefix_length", 0)
+    ids, mask = left_pad_prompts(obs, context, env.tokenizer.pad_token_id)
     return ids.to(device), mask.to(device), info
 
 
@@ -207,15 +215,18 @@ def rollout(
     seed: int | None = None,
     precision: str = "fp32",
     group_size: int = 1,
+    prefixes: list[list[int]] | None = None,
 ) -> Rollout:
     """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt;
-    ``group_size`` G says that consecutive runs of G prompts are the same prompt's samples."""
+    ``group_size`` G says that consecutive runs of G prompts are the same prompt's samples;
+    ``prefixes`` (token ids per prompt) start each episode part-way (the rollout's prompt
+    columns then hold prompt + prefix, its completion columns the new tokens only)."""
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("rollouts need a lockstep env: autoreset_mode='disabled'")
     was_training = model.training
     model.eval()
     pad_id, device = env.tokenizer.pad_token_id, model_device(model)
-    prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device)
+    prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device, prefixes)
     B, width = prompt_ids.shape
     max_new = env.setup.max_new_tokens
     tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
