@@ -16,6 +16,7 @@ COMMANDS = {
     "ppo": ("scripts.ppo", "PPO with a critic against a reward model"),
     "reinforce": ("scripts.reinforce", "REINFORCE / RLOO against a reward model"),
     "grpo": ("scripts.grpo", "GRPO / Dr. GRPO / DAPO against a reward model"),
+    "prm": ("scripts.prm", "train a process reward model on stepwise labels"),
 }
 
 
