@@ -17,6 +17,7 @@ COMMANDS = {
     "reinforce": ("scripts.reinforce", "REINFORCE / RLOO against a reward model"),
     "grpo": ("scripts.grpo", "GRPO / Dr. GRPO / DAPO against a reward model"),
     "prm": ("scripts.prm", "train a process reward model on stepwise labels"),
+    "process-study": ("scripts.process_study", "do process rewards help PPO? (arithmetic_chain)"),
 }
 
 
