@@ -175,15 +175,24 @@ class Outcomes:
         self.process: torch.Tensor | None = None
         self.max_new = max_new
 
-    def record_process(self, t: int, info: dict) -> None:
-        """Token ``t``'s process rewards (0 for the sequences that did not step)."""
+    def fields(self, T: int, device: torch.device) -> dict:
+        """``Rollout`` fields: ``rewards`` (each episode's outcome plus every process reward),
+        ``gold_rewards``, ``completions``, ``finish_reasons``, (B, T) ``process_rewards``."""
+        rewards, process = self.rewards.to(device), None
+        if self.process is not None:
+            process = self.process[:, :T].to(device)
+            rewards = rewards + process.sum(-1)
+        return {"rewards": rewards, "gold_rewards": self.gold.to(device),
+                "completions": self.completions, "finish_reasons": self.reasons,
+                "process_rewards": process}  # fmt: skip
+
+    def record(self, t: int, rewards: np.ndarray, done: np.ndarray, info: dict) -> None:
+        """Step ``t``: the process rewards paid (if any) and the episodes that ``done``."""
         if "process_reward" in info:
             if self.process is None:
                 self.process = torch.zeros((len(self.rewards), self.max_new))
             stepped = torch.from_numpy(info["_process_reward"])
             self.process[:, t] = torch.from_numpy(info["process_reward"]).float() * stepped
-
-    def record(self, rewards: np.ndarray, done: np.ndarray, info: dict) -> None:
         outcome = info.get("outcome_reward", rewards)  # with process rewards: the outcome alone
         for i in np.flatnonzero(done):
             self.rewards[i] = float(outcome[i])
@@ -265,8 +274,7 @@ def rollout(
         attention[:, width + t] = active.long()
         logprobs[:, t] = torch.where(active, new_logprobs, 0.0)
         _, step_rewards, terminated, truncated, step_info = env.step(new.cpu().numpy())
-        outcomes.record_process(t, step_info)
-        outcomes.record(step_rewards, terminated | truncated, step_info)
+        outcomes.record(t, step_rewards, terminated | truncated, step_info)
         if not env.active.any():
             break
         positions = positions + 1
@@ -274,19 +282,13 @@ def rollout(
         out = forward_step(model, new[:, None], mask, positions, precision, output_cache(out))
     model.train(was_training)
     T = t + 1
-    process = None if outcomes.process is None else outcomes.process[:, :T].to(device)
-    rewards = outcomes.rewards.to(device)
     return Rollout(
         input_ids=torch.cat([prompt_ids, tokens[:, :T]], dim=1),
         attention_mask=attention[:, : width + T],
         prompt_width=width,
         completion_mask=attention[:, width : width + T].float(),
         logprobs=logprobs[:, :T],
-        rewards=rewards if process is None else rewards + process.sum(-1),
-        gold_rewards=outcomes.gold.to(device),
         prompts=[str(p) for p in info["prompt"]],
-        completions=outcomes.completions,
-        finish_reasons=outcomes.reasons,
         group_size=group_size,
-        process_rewards=process,
+        **outcomes.fields(T, device),
     )
