@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "pipeline": ("scripts.pipeline", "the whole RLHF-vs-DPO study on a built-in task"),
     "compare": ("scripts.compare", "report and plots from any run directories"),
+    "evaluate": ("scripts.evaluate", "fluency, diversity, length and reward of saved policies"),
     "demo": ("scripts.demo", "roll out a fresh tiny policy through TokenMDP-v0 and print it"),
     "sft": ("scripts.sft", "supervised fine-tuning / pre-training of a policy"),
     "preferences": ("scripts.preferences", "sample preference pairs through the env"),

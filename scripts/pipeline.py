@@ -10,11 +10,13 @@ rerun from scratch, and so, through their keys, are the stages downstream of it.
 changed. The stages:
 
 1. ``sft``: build the task tokenizer and a tiny GPT-2; pre-train / SFT it on the task corpus.
+   ``judge``: another tiny GPT-2, another seed, fewer steps: the fluency judge of step 4.
 2. ``preferences``: sample k completions per prompt from the SFT policy through the env, label
    pairs with Bradley–Terry noise on the gold reward.  ``reward_model``: train the BT model.
 3. ``ppo``, ``reinforce`` (against the learned reward model) and ``dpo`` (on the pairs), from the
    same SFT checkpoint with the same prompt budget; optionally ``ppo_gold`` and a β sweep.
-4. ``evaluate``: every final policy and the SFT policy on held-out prompts through the env.
+4. ``evaluate``: every final policy and the SFT policy on held-out prompts through the env, by
+   the evaluation suite (``agents.common.evaluate.evaluate_policies``).
 5. ``report``: ``report.md``, ``results.json`` and PNG plots in the run directory.
 """
 
@@ -33,8 +35,6 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from agents.common.config import add_dataclass_args, dataclass_from_args
 from scripts.options import check_writable
@@ -146,16 +146,17 @@ class Budget:
     dpo_eval_every: int
     dpo_eval_prompts: int
     eval_prompts: int
+    judge_steps: int
     model: dict = field(default_factory=dict)
 
 
 DEFAULT = Budget(sft_steps=1000, sft_batch=64, pref_prompts=2048, pref_k=2, rm_epochs=2,
                  rl_prompts=4096, rl_batch=64, dpo_epochs=2, dpo_eval_every=16,
-                 dpo_eval_prompts=64, eval_prompts=512,
+                 dpo_eval_prompts=64, eval_prompts=512, judge_steps=250,
                  model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
 QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,
                rl_prompts=64, rl_batch=16, dpo_epochs=1, dpo_eval_every=1,
-               dpo_eval_prompts=16, eval_prompts=32,
+               dpo_eval_prompts=16, eval_prompts=32, judge_steps=10,
                model={"n_layer": 1, "n_head": 2, "n_embd": 64})  # fmt: skip
 
 
@@ -197,6 +198,7 @@ class Pipeline:
         self.agents_dir = self.out / config.task
         self.sft_dir = self.out / "models" / "sft"
         self.rm_dir = self.out / "models" / "reward_model"
+        self.judge_dir = self.out / "models" / "judge"
         self.pairs = self.out / "data" / "preferences.jsonl"
         self.keys: dict[str, str] = {}  # stage name -> key, filled as the stages run
 
@@ -259,13 +261,15 @@ class Pipeline:
         evals = self.run_stages()
         from scripts.report import find_agent_runs, markdown_table, write_report
 
-        run_dirs = [self.agents_dir / "sft-pretrain", self.agents_dir / "rm-bradley_terry"]
+        run_dirs = [self.agents_dir / "sft-pretrain", self.agents_dir / "rm-bradley_terry",
+                    self.agents_dir / "sft-judge"]  # fmt: skip
         run_dirs += [self.method_dir(agent, name) for agent, name, _ in self.methods()]
         runs = find_agent_runs(sorted(run_dirs))
         results = write_report(runs, evals, self.out)
         print(markdown_table(
             evals, [("name", "policy", 0), ("gold_reward", "gold", 3),
-                    ("learned_reward", "learned", 3), ("kl_ref", "KL", 2), ("length", "len", 1)],
+                    ("learned_reward", "learned", 3), ("kl_ref", "KL", 2), ("length", "len", 1),
+                    ("judge_ppl", "judge ppl", 2), ("distinct_2", "distinct-2", 3)],
         ))  # fmt: skip
         print(f"\nreport: {self.out / 'report.md'}   tensorboard --logdir {self.out}")
         return results
@@ -279,6 +283,10 @@ class Pipeline:
         sft = {"task": c.task, "seed": c.seed, "precision": c.precision,
                "steps": b.sft_steps, "batch": b.sft_batch, "model": b.model}  # fmt: skip
         self.stage("sft", sft, self.train_sft, [self.agents_dir / "sft-pretrain", self.sft_dir])
+        judge = {**sft, "seed": c.seed + 1, "steps": b.judge_steps}
+        self.stage(
+            "judge", judge, self.train_judge, [self.agents_dir / "sft-judge", self.judge_dir]
+        )
         prefs = {"task": c.task, "seed": c.seed, "prompts": b.pref_prompts, "k": b.pref_k}
         meta = self.pairs.with_name(self.pairs.name + ".meta.json")
         self.stage("preferences", prefs, self.make_preferences, [self.pairs, meta], ["sft"])
@@ -298,23 +306,29 @@ class Pipeline:
             train = functools.partial(self.train_method, agent, name, beta)
             self.stage(name, inputs, train, [self.method_dir(agent, name)], after)
         evaluate = {"task": c.task, "seed": c.seed, "prompts": b.eval_prompts}
-        after = ["sft", "reward_model"] + [name for _, name, _ in self.methods()]
+        after = ["sft", "judge", "reward_model"] + [name for _, name, _ in self.methods()]
         return self.stage("evaluate", evaluate, self.evaluate, [], after)["evaluations"]
 
-    def train_sft(self) -> dict:
+    def train_sft(self, name: str = "pretrain", seed_offset: int = 0, steps: int = 0) -> dict:
+        """Pre-train a tiny GPT-2 on the task corpus: the SFT policy, or (another seed, fewer
+        steps) the fluency judge."""
         from agents.sft import SFTConfig, pretrain_on_task
 
-        run_dir = self.agents_dir / "sft-pretrain"
+        run_dir = self.agents_dir / f"sft-{name}"
+        out = self.judge_dir if name == "judge" else self.sft_dir
         config = SFTConfig(
-            seed=self.config.seed,
-            max_steps=self.budget.sft_steps,
+            seed=self.config.seed + seed_offset,
+            max_steps=steps or self.budget.sft_steps,
             batch_size=self.budget.sft_batch,
             precision=self.config.precision,
             resume=True,
         )
         with measured(run_dir):
-            pretrain_on_task(self.config.task, {}, self.sft_dir, config, run_dir, self.budget.model)
-        return {"policy": str(self.sft_dir)}
+            pretrain_on_task(self.config.task, {}, out, config, run_dir, self.budget.model)
+        return {"policy": str(out)}
+
+    def train_judge(self) -> dict:
+        return self.train_sft("judge", seed_offset=1, steps=self.budget.judge_steps)
 
     def make_preferences(self) -> dict:
         from agents.preferences import PreferenceConfig, sample_preferences
@@ -377,43 +391,26 @@ class Pipeline:
         return {"policy": str(run_dir / "final")}
 
     def evaluate(self) -> dict:
-        from agents.common.evaluate import bootstrap_ci, evaluate
-        from agents.common.policy import load_policy
-        from llm_env import TokenMDPVectorEnv
+        from agents.common.evaluate import Judge, SuiteConfig, evaluate_policies, log_evaluation
         from reward_models import load_reward_model
 
-        ref, tokenizer = load_policy(str(self.sft_dir))
-        ref.eval()
-        env = TokenMDPVectorEnv(64, task=self.config.task, tokenizer=tokenizer, split="eval",
-                                autoreset_mode="disabled")  # fmt: skip
-        pool = list(env.setup.task.prompts("eval"))
-        prompts = [pool[i % len(pool)] for i in range(self.budget.eval_prompts)]
-        learned = {"learned": load_reward_model(str(self.rm_dir))}
-        policies = [("sft", str(self.sft_dir))]
-        policies += [
-            (name, str(self.method_dir(a, name) / "final")) for a, name, _ in self.methods()
-        ]
-        evals = []
-        for name, path in policies:
-            policy, _ = load_policy(path)
-            result = evaluate(policy.eval(), ref, env, prompts, seed=self.config.seed + 1,
-                              extra_reward_models=learned)  # fmt: skip
-            summary = {
-                "name": name,
-                "gold_reward": float(np.mean(result.gold_rewards)),
-                "gold_ci": list(bootstrap_ci(result.gold_rewards, seed=self.config.seed)),
-                "gold_std": float(np.std(result.gold_rewards)),
-                "learned_reward": float(np.mean(result.extra["learned"])),
-                "kl_ref": float(np.mean(result.kls)),
-                "length": float(np.mean(result.lengths)),
-                "n": len(prompts),
-                "samples": result.samples,
-            }
-            evals.append(summary)
-            run_dir = Path(path).parent
-            if name != "sft" and run_dir.is_dir():
+        policies = [("sft", self.sft_dir)]
+        policies += [(name, self.method_dir(a, name) / "final") for a, name, _ in self.methods()]
+        suite = SuiteConfig(task=self.config.task, prompts=self.budget.eval_prompts,
+                            seed=self.config.seed + 1)  # fmt: skip
+        evals = evaluate_policies(
+            policies, self.sft_dir, suite, Judge.load(self.judge_dir),
+            {"learned": load_reward_model(str(self.rm_dir))},
+        )  # fmt: skip
+        for summary, (name, path) in zip(evals, policies):
+            run_dir = self.agents_dir / "sft-pretrain" if name == "sft" else path.parent
+            if name != "sft":
                 (run_dir / "eval.json").write_text(json.dumps(summary, indent=2, default=float))
-            print(f"   {name:<16} gold {summary['gold_reward']:+.3f}  KL {summary['kl_ref']:.2f}")
+            log_evaluation(run_dir, summary)
+            print(
+                f"   {name:<16} gold {summary['gold_reward']:+.3f}  KL {summary['kl_ref']:.2f}  "
+                f"judge ppl {summary['judge_ppl']:.2f}  distinct-2 {summary['distinct_2']:.3f}"
+            )
         return {"evaluations": evals}
 
 
