@@ -248,7 +248,7 @@ EVAL_COLUMNS = [
     ("learned_reward", "learned reward", 3), ("kl_ref", "KL to SFT", 2), ("length", "length", 1),
     ("eos_rate", "EOS rate", 2), ("judge_ppl", "judge ppl", 2), ("lexicon_fraction", "lexicon", 3),
     ("distinct_1", "distinct-1", 3), ("distinct_2", "distinct-2", 3),
-    ("unique_fraction", "unique", 3), ("self_bleu", "self-BLEU", 3),
+    ("unique_fraction", "unique", 3), ("self_bleu", "self-BLEU", 3), ("pass_at_k", "pass@k", 3),
     ("length_corr_gold", "corr(gold, len)", 2), ("length_corr_learned", "corr(learned, len)", 2),
     ("n", "prompts", 0),
 ]  # fmt: skip

@@ -187,3 +187,15 @@ def test_log_evaluation_writes_eval_scalars_at_the_runs_last_step(tmp_path):
     assert scalars["eval/distinct_2"] == [(64, 0.25)]
     assert scalars["eval/judge_ppl"] == [(64, 7.0)]
     assert scalars["eval/length_reward_corr"] == [(64, pytest.approx(0.3))]
+
+
+def test_pass_at_k_by_hand():
+    from agents.common.metrics import pass_at_k
+
+    correct = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]], dtype=bool)
+    # n = 4: c = 1 → pass@1 = 1/4, pass@2 = 1 − C(3,2)/C(4,2) = 1/2; c = 2 → pass@2 = 1 − 1/6
+    assert pass_at_k(correct, 1) == pytest.approx((0.25 + 0 + 0.5) / 3)
+    assert pass_at_k(correct, 2) == pytest.approx((0.5 + 0 + 5 / 6) / 3)
+    assert pass_at_k(correct, 4) == pytest.approx(2 / 3)  # any correct
+    with pytest.raises(ValueError, match="k=5, n=4"):
+        pass_at_k(correct, 5)

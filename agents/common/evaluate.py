@@ -260,11 +260,21 @@ class SuiteConfig:
     """Sequences per lockstep rollout."""
     self_bleu_texts: int = 128
     """Completions in the self-BLEU sample (its cost grows with the square)."""
+    samples_per_prompt: int = 1
+    """n samples of each held-out prompt (``prompts`` counts completions); n > 1 adds
+    ``pass_at_k`` with k = n (a verifiable task's chance that one of n samples is right)."""
 
     def __post_init__(self) -> None:
-        for name in ("prompts", "num_envs", "self_bleu_texts"):
+        for name in ("prompts", "num_envs", "self_bleu_texts", "samples_per_prompt"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+
+
+def pass_metrics(gold: np.ndarray, n: int) -> dict[str, float]:
+    """``pass_at_k`` (k = n) from n consecutive samples per prompt with a 0/1 gold reward."""
+    if n < 2:
+        return {}
+    return {"pass_at_k": metrics.pass_at_k(gold.reshape(-1, n) > 0.5, n), "pass_k": n}
 
 
 def evaluate_policies(
@@ -285,7 +295,8 @@ def evaluate_policies(
     env = TokenMDPVectorEnv(min(suite.num_envs, suite.prompts), task=task, tokenizer=tokenizer,
                             split="eval", autoreset_mode="disabled")  # fmt: skip
     pool = list(env.setup.task.prompts("eval"))
-    prompts = [pool[i % len(pool)] for i in range(suite.prompts)]
+    n = suite.samples_per_prompt
+    prompts = [pool[i % len(pool)] for i in range(suite.prompts // n) for _ in range(n)]
     summaries = []
     for name, path in policies:
         policy, policy_tokenizer = load_policy(path)
@@ -303,6 +314,7 @@ def evaluate_policies(
             "kl_ref": float(np.mean(result.kls)),
             "length": float(np.mean(result.lengths)),
             **quality,
+            **pass_metrics(result.gold_rewards, n),
             "n": len(prompts),
             "quality_seconds": time.perf_counter() - start,
             "samples": result.samples,

@@ -87,6 +87,21 @@ def eos_rate(finish_reasons: Sequence[str]) -> float:
     )
 
 
+def pass_at_k(correct: np.ndarray, k: int) -> float:
+    """The unbiased pass@k estimator (Chen et al. 2021, eq. 1), averaged over problems:
+    1 − C(n − c, k) / C(n, k) for a problem with c correct of n samples.
+    ``correct``: (problems, n) booleans, n >= k."""
+    correct = np.asarray(correct, dtype=bool)
+    n = correct.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n samples per problem, got k={k}, n={n}")
+    c = correct.sum(axis=1)
+    # C(n − c, k) / C(n, k) = Π_{i = n−c+1}^{n} (1 − k / i), the numerically stable form
+    fail = np.array([np.prod(1.0 - k / np.arange(n - ci + 1, n + 1)) if n - ci >= k else 0.0
+                     for ci in c])  # fmt: skip
+    return float(np.mean(1.0 - fail))
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two equally long series; NaN when either is constant or shorter
     than two. corr(reward, length) near ±1 says the reward could be raised by length alone."""
