@@ -17,6 +17,7 @@ COMMANDS = {
     "ppo": ("scripts.ppo", "PPO with a critic against a reward model"),
     "reinforce": ("scripts.reinforce", "REINFORCE / RLOO against a reward model"),
     "grpo": ("scripts.grpo", "GRPO / Dr. GRPO / DAPO against a reward model"),
+    "kl-study": ("scripts.kl_study", "KL estimators k1/k2/k3 in the reward vs the loss, exactly"),
 }
 
 
