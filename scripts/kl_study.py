@@ -43,14 +43,11 @@ from agents.common.policy import set_num_threads
 from agents.grpo import GRPO, GRPOConfig
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import Task
-from llm_env.tokenizer import train_tokenizer
+from llm_env.tasks.toy import PROMPT, completions, toy_env_kwargs, toy_task
 from llm_env.vector import TokenMDPVectorEnv
-from reward_models.base import FunctionRewardModel
 from scripts.kl_study_report import markdown, plot
 from scripts.options import parse_args_with_smoke, require_writable
 
-PROMPT = "a"
-TOY_REWARDS = {"b": 1.0, "c": 0.5, "bd": 1.5, "cc": 1.0}
 PLACEMENTS = ("reward", "loss")
 COMBOS = [(k, placement) for k in KL_ESTIMATORS for placement in PLACEMENTS]
 SMOKE = {
@@ -60,10 +57,6 @@ SMOKE = {
 
 
 # -- the toy MDP ----------------------------------------------------------------------------------
-
-
-def toy_reward(prompts: list[str], completions: list[str]) -> list[float]:
-    return [TOY_REWARDS.get(c, 0.0) for c in completions]
 
 
 @dataclass
@@ -82,7 +75,7 @@ class Toy:
 
     @property
     def env_kwargs(self) -> dict:
-        return {"task": self.task, "reward_model": FunctionRewardModel(toy_reward, "toy")}
+        return toy_env_kwargs(self.task)
 
     def probs(self, state_log_probs: torch.Tensor) -> torch.Tensor:
         """π(y) of every completion, (S,)."""
@@ -93,17 +86,9 @@ class Toy:
 def build_toy(max_new_tokens: int) -> Toy:
     """The toy with completions of up to ``max_new_tokens`` (1 or 2) tokens; the rewards are
     the env's own (each completion stepped through ``TokenMDPVectorEnv``)."""
-    tokenizer = train_tokenizer(["abcd"], vocab_size=8)
-    task = Task(
-        name="toy", train_prompts=(PROMPT,), eval_prompts=(PROMPT,), demonstrations=(),
-        gold_reward=None, max_new_tokens=max_new_tokens, max_prompt_tokens=4,
-        make_tokenizer=lambda: tokenizer,
-    )  # fmt: skip
-    vocab, eos = len(tokenizer), tokenizer.eos_token_id
-    if max_new_tokens == 1:
-        seqs = [(a,) for a in range(vocab)]
-    else:
-        seqs = [(eos,)] + [(a, b) for a, b in itertools.product(range(vocab), repeat=2) if a != eos]
+    task = toy_task(max_new_tokens)
+    tokenizer = task.tokenizer()
+    seqs = completions(len(tokenizer), tokenizer.eos_token_id, max_new_tokens)
     toy = Toy(
         task, tokenizer, tokenizer(PROMPT, add_special_tokens=False)["input_ids"], seqs,
         states=torch.tensor([[0] + [1 + s[0]] * (max_new_tokens - 1) for s in seqs]),
