@@ -4,9 +4,18 @@ Policy π_θ, frozen reference π_ref, reward model (any ``load_reward_model`` s
 env) and critic V. Each iteration:
 1. roll out ``batch_size`` prompts through ``TokenMDPVectorEnv`` with the KV cache;
 2. ONE full-sequence forward each of policy (old log-probs), reference and critic;
-3. per-token rewards r_t = −β·(log π_θ − log π_ref)_t + [t = T]·r_RM, GAE(γ, λ) advantages;
+3. per-token rewards r_t = −β·(log π_θ − log π_ref)_t + [t = T]·r_RM (+ the process reward the
+   env paid on token t, when it has a process reward model), GAE(γ, λ) advantages;
 4. ``epochs`` passes of shuffled minibatches: clipped surrogate + clipped value loss
    (− entropy bonus), gradient clipping; then β is updated by the KL controller.
+
+Monte-Carlo values (VinePPO, Kazemnejad et al. 2024), ``mc_values = K > 0``: GAE reads, at the
+state where each step starts (the completion's start, and after every token closing a step by
+the env's ``step_boundary``; every state when the env has none), the mean return of K rollouts
+branching from that state instead of the critic's V. The critic still gives V everywhere else
+and is still trained (on the GAE returns); ``value/mc_error`` logs mean |V_critic − V_MC| at the
+branched states. A branch's return is computed like the rollout's own: KL penalty, outcome and
+process rewards of its new tokens, discounted by γ from the branching state.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from agents.common.advantages import (
     masked_mean,
     whiten,
 )
+from agents.common.branching import branch_values, discounted_returns, step_start_states
 from agents.common.config import (
     AgentConfig,
     OptimConfig,
@@ -38,6 +48,7 @@ from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
 from agents.common.online import (
     PromptBudget,
+    RolloutScores,
     init_online_agent,
     iteration_prompts,
     masked_token_logprobs,
@@ -49,7 +60,9 @@ from agents.common.online import (
 )
 from agents.common.policy import SamplingConfig, completion_logits, process_logits
 from agents.common.precision import autocast
+from agents.common.rollout import Rollout
 from agents.common.run import Agent, make_optimizer
+from reward_models.base import RewardModelError
 
 
 @dataclass
@@ -92,6 +105,8 @@ class PPOConfig(AgentConfig):
     """Critic backbone: "policy" (a copy) or a save_pretrained directory (e.g. the reward model)."""
     no_eos_penalty: float = 0.0
     """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
+    mc_values: int = 0
+    """VinePPO: K rollouts from each step's start state replace the critic's V there (0 = off)."""
     optim: OptimConfig = group(OptimConfig)
     sampling: SamplingConfig = group(SamplingConfig)
     kl: KLConfig = group(KLConfig)
@@ -110,6 +125,7 @@ class PPOConfig(AgentConfig):
             check_positive("value_clip", self.value_clip, float)
         check_positive("vf_coef", self.vf_coef, float, allow_zero=True)
         check_positive("ent_coef", self.ent_coef, float, allow_zero=True)
+        check_positive("mc_values", self.mc_values, allow_zero=True)
         if self.critic_init != "policy":
             local_dir("critic_init", self.critic_init)
 
@@ -186,30 +202,78 @@ class PPO(PromptBudget, Agent):
             )  # (B, T + 1)
         values = all_values[:, :-1] * mask
         beta = self.kl_ctl.value
-        truncated = (~roll.terminated).float()
-        seq_scores = roll.rewards + cfg.no_eos_penalty * truncated
-        # r_t = −β·k(log π_θ, log π_ref)_t + [t = T]·r_RM  (k1: Ziegler et al. 2019, eq. 2)
-        kl_penalty = KL_ESTIMATORS[cfg.kl.kl_estimator](scores.logprobs, scores.ref_logprobs)
-        rewards = kl_penalised_rewards(seq_scores, kl_penalty, mask, beta)
+        rewards = self._token_rewards(roll, scores, beta)
         self._check_finite("reward (KL-penalised, per token)", rewards)
         last_values = None
         if cfg.bootstrap_truncated:
             rows = torch.arange(len(mask), device=mask.device)
-            last_values = all_values[rows, roll.lengths.long()] * truncated
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam, last_values)
+            last_values = all_values[rows, roll.lengths.long()] * (~roll.terminated).float()
+        gae_values, mc_stats = values, {}
+        if cfg.mc_values:
+            gae_values, mc_stats = self._mc_values(roll, values, beta)
+        advantages, returns = gae(rewards, gae_values, mask, cfg.gamma, cfg.lam, last_values)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask, all_sum=self.dist.all_sum)
         train_stats = self._update(roll, scores.logprobs, values, advantages, returns)
         metrics = rollout_metrics(roll, scores)
+        if roll.process_rewards is not None:
+            metrics["reward/process"] = roll.process_rewards.sum(-1).mean().item()
         update_kl_controller(self, metrics)
         return {
             **metrics,
             "reward/total": rewards.sum(-1).mean().item(),
             "kl/beta": beta,
             **train_stats,
+            **mc_stats,
             "value/explained_variance": explained_variance(values, returns, mask),
             "value/mean": masked_mean(values, mask).item(),
         }
+
+    def _token_rewards(self, roll: Rollout, scores: RolloutScores, beta: float) -> torch.Tensor:
+        """(B, T) r_t = −β·k(log π_θ, log π_ref)_t + [t = T]·(r_RM + no-EOS penalty) + r_proc,t:
+        the KL-penalised reward (k1: Ziegler et al. 2019, eq. 2) plus the process reward the env
+        paid on each token (``roll.rewards`` is the total: its outcome part goes to t = T)."""
+        cfg = self.config
+        outcome, process = roll.rewards, roll.process_rewards
+        if process is not None:
+            outcome = outcome - process.sum(-1)
+        outcome = outcome + cfg.no_eos_penalty * (~roll.terminated).float()
+        kl_penalty = KL_ESTIMATORS[cfg.kl.kl_estimator](scores.logprobs, scores.ref_logprobs)
+        rewards = kl_penalised_rewards(outcome, kl_penalty, roll.completion_mask, beta)
+        return rewards if process is None else rewards + process
+
+    def _mc_values(
+        self, roll: Rollout, values: torch.Tensor, beta: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """VinePPO: (B, T) ``values`` with V(s_t) at every step's start state replaced by the
+        mean return of ``mc_values`` rollouts from s_t; and ``value/mc_error`` there."""
+        setup = self.env.setup
+        boundary = setup.task.step_separator if setup.process is None else setup.process.boundary
+        states = step_start_states(self.tokenizer, roll.completion_ids, roll.lengths, boundary)
+
+        def branch_return(branch: Rollout) -> torch.Tensor:
+            branch_scores = score_rollout(
+                self.policy, self.ref, branch, self.sampling, self.precision
+            )
+            return discounted_returns(
+                self._token_rewards(branch, branch_scores, beta), self.config.gamma
+            )
+
+        try:
+            returns = branch_values(
+                self.policy, self.env, self.sampling, self.generator,
+                [roll.prompts[i] for i, _ in states],
+                [roll.completion_ids[i, :t].tolist() for i, t in states],
+                self.config.mc_values, branch_return, self.precision,
+            )  # fmt: skip
+        except RewardModelError as e:
+            self._stop(f"the reward failed in a Monte-Carlo branch: {e}")
+        rows, cols = (torch.tensor(x, device=values.device) for x in zip(*states))
+        mc = returns.mean(-1).to(values.device)
+        out = values.clone()
+        out[rows, cols] = mc
+        error = (values[rows, cols] - mc).abs().mean().item()
+        return out, {"value/mc_error": error, "value/mc_states": float(len(states))}
 
     def _update(self, roll, old_logprobs, old_values, advantages, returns) -> dict[str, float]:
         """``epochs`` passes of shuffled minibatches: clipped surrogate + clipped value loss

@@ -9,6 +9,10 @@ reward model has the same protocol, called with the completions so far (the env'
 - a registered name (``"sentiment"``, ``"arithmetic"``, ``"arithmetic_chain"``, its process
   reward ``"arithmetic_chain_steps"``, ...; see ``REWARD_MODELS``),
 - a directory saved by the Bradley–Terry trainer (a sequence-classification model, one label),
+  or by the PRM trainer (a token-classification process reward model, ``reward_models.prm``;
+  recognised by its ``prm.json``),
+- ``"implicit:POLICY_DIR,REF_DIR,BETA"``: the implicit process reward β·Σ log π_φ/π_ref of a
+  DPO-trained policy and its reference (``reward_models.implicit``),
 - ``"package.module:attr"`` where ``attr`` is a RewardModel object, a class whose no-argument
   instance is one, or a plain function ``f(prompts, completions) -> sequence of floats``,
 - an object that already has a ``score`` method (returned as is),
@@ -198,6 +202,14 @@ def load_reward_model(spec: str | Path | RewardModel) -> RewardModel:
     text = str(spec)
     if text in REWARD_MODELS:
         return REWARD_MODELS[text]()
+    if text.startswith("implicit:"):
+        from reward_models.implicit import ImplicitProcessRewardModel
+
+        return ImplicitProcessRewardModel.from_spec(text)
+    if Path(text).is_dir() and (Path(text) / "prm.json").is_file():
+        from reward_models.prm import LearnedProcessRewardModel
+
+        return LearnedProcessRewardModel.from_pretrained(text)
     if Path(text).is_dir():
         from reward_models.learned import LearnedRewardModel
 
@@ -206,5 +218,6 @@ def load_reward_model(spec: str | Path | RewardModel) -> RewardModel:
         return _from_import_path(text)
     raise ValueError(
         f"unknown reward model {text!r}: expected one of the registered names {sorted(REWARD_MODELS)}, "
-        "a directory saved by the Bradley-Terry trainer, or 'package.module:callable'"
+        "a directory saved by the Bradley-Terry or PRM trainer, 'implicit:POLICY_DIR,REF_DIR,BETA' "
+        "or 'package.module:callable'"
     )

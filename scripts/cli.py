@@ -18,6 +18,8 @@ COMMANDS = {
     "reinforce": ("scripts.reinforce", "REINFORCE / RLOO against a reward model"),
     "grpo": ("scripts.grpo", "GRPO / Dr. GRPO / DAPO against a reward model"),
     "kl-study": ("scripts.kl_study", "KL estimators k1/k2/k3 in the reward vs the loss, exactly"),
+    "prm": ("scripts.prm", "train a process reward model on stepwise labels"),
+    "process-study": ("scripts.process_study", "do process rewards help PPO? (arithmetic_chain)"),
 }
 
 

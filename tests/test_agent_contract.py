@@ -1,5 +1,5 @@
 """The agent contract, checked the same way for every agent (SFT, reward model, PPO, REINFORCE,
-GRPO, DPO): save → load round trip, seeded determinism, kill-and-resume reproducing an uninterrupted
+GRPO, DPO, PRM): save → load round trip, seeded determinism, kill-and-resume reproducing an uninterrupted
 run, checkpoint provenance, the final model; and the resume refusals (another agent's or
 config's checkpoint, incomplete or corrupt checkpoints), resume without a checkpoint, and
 TensorBoard events without duplicated steps after a resume."""
@@ -20,12 +20,13 @@ from agents.common.run import CHECKPOINT_DIR, FINAL_DIR
 from agents.dpo import DPO, DPOConfig
 from agents.grpo import GRPO, GRPOConfig
 from agents.ppo import PPO, PPOConfig
+from agents.prm import PRMConfig, PRMTrainer
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
 from agents.sft import SFT, SFTConfig
 from tests.interrupt import learn_until_killed
 
-KINDS = ("sft", "reward_model", "ppo", "reinforce", "grpo", "dpo")
+KINDS = ("sft", "reward_model", "ppo", "reinforce", "grpo", "dpo", "prm")
 AGENTS = {
     "sft": SFT,
     "reward_model": RewardModelTrainer,
@@ -33,6 +34,7 @@ AGENTS = {
     "reinforce": Reinforce,
     "grpo": GRPO,
     "dpo": DPO,
+    "prm": PRMTrainer,
 }
 STEPS = 4  # every tiny run below is 4 loop steps, checkpointed every 2
 # character-count reward: a signal on every sample (the untrained policy never gets a sum right)
@@ -44,6 +46,12 @@ ARITH = {
 SUMS = [(a, b) for a in range(1, 5) for b in range(1, 5)]
 SFT_DATA = [(f"{a}+{b}=", str((a + b) % 10)) for a, b in SUMS]
 PAIRS = [(f"{a}+{b}=", str((a + b) % 10), str((a + b + 1) % 10)) for a, b in SUMS]
+# stepwise supervision: two "steps" per sum, the answer and a claim about it
+STEP_ROWS = [
+    {"prompt": f"{a}+{b}=", "completions": [str(a + b), str(a + b + c)], "labels": [True, c == 0]}
+    for a, b in SUMS
+    for c in (0, 1)
+]
 IDS = torch.tensor([[4, 5, 6, 7], [7, 6, 5, 4]])
 VOLATILE = ("perf/", "time/")
 
@@ -52,10 +60,12 @@ def config_for(kind: str, resume: bool = False, **overrides):
     """A tiny config of ``STEPS`` steps; ``overrides``: top-level fields, or ``learning_rate``."""
     every = {"save_every": 2, "log_every": 1, "resume": resume}
     optim = OptimConfig(learning_rate=overrides.pop("learning_rate", 1e-3))
-    if kind in ("sft", "reward_model", "dpo"):
-        cls = {"sft": SFTConfig, "reward_model": RewardModelConfig, "dpo": DPOConfig}[kind]
+    if kind in ("sft", "reward_model", "dpo", "prm"):
+        cls = {"sft": SFTConfig, "reward_model": RewardModelConfig, "dpo": DPOConfig,
+               "prm": PRMConfig}[kind]  # fmt: skip
         extra = {"heldout_fraction": 0.2, "max_length": 8} if kind == "sft" else {}
         extra |= {"eval_prompts": 0} if kind == "dpo" else {}
+        extra |= {"step_separator": "="} if kind == "prm" else {}
         base = dict(batch_size=4, epochs=3.0, max_steps=STEPS, **extra)
         return cls(**{**base, **every, **overrides}, optim=optim)
     if kind == "ppo":
@@ -111,6 +121,8 @@ def make(arithmetic_tokenizer, policy_dir):
             return Reinforce(tiny(tok), tok, ARITH, config, run_dir)
         if kind == "grpo":
             return GRPO(tiny(tok), tok, ARITH, config, run_dir)
+        if kind == "prm":
+            return PRMTrainer(policy_dir, STEP_ROWS, config, run_dir)
         return DPO(tiny(tok), tok, PAIRS, config, run_dir)
 
     return build
@@ -144,6 +156,8 @@ def outputs(kind: str, agent) -> dict[str, torch.Tensor]:
     if kind == "reward_model":
         agent.model.eval()
         return {"scores": agent.scores(["1+2=", "3+4=", "2+2="], ["3", "7", "5"])}
+    if kind == "prm":
+        return {"step_probabilities": torch.from_numpy(agent.step_probabilities(STEP_ROWS))}
     agent.policy.eval()
     out = {"logits": agent.policy(IDS).logits}
     if kind == "ppo":

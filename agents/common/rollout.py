@@ -33,7 +33,10 @@ class Rollout:
     ``prompt_width``, then the T generated columns (pad + mask 0 after a sequence ended).
     ``completion_mask``: (B, T) float, 1 on generated tokens (EOS included).
     ``logprobs``: (B, T) fp32 log-probs recorded while sampling (0 on masked positions).
-    ``rewards``/``gold_rewards``: (B,) fp32 env reward and gold score (NaN when unknown).
+    ``rewards``/``gold_rewards``: (B,) fp32 env reward and gold score (NaN when unknown); the
+    env reward is the episode's total: the outcome plus every process reward paid.
+    ``process_rewards``: (B, T) fp32 process reward the env paid on each generated token (0 on
+    masked positions); None when the env has no process reward model.
     """
 
     input_ids: torch.Tensor
@@ -48,6 +51,7 @@ class Rollout:
     finish_reasons: list[str]
     group_size: int = 1
     """Consecutive rows sampled from the same prompt (G samples of a prompt, prompt-major)."""
+    process_rewards: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -85,6 +89,7 @@ class Rollout:
             gold_rewards=self.gold_rewards[index], prompts=pick(self.prompts),
             completions=pick(self.completions), finish_reasons=pick(self.finish_reasons),
             group_size=G,
+            process_rewards=None if self.process_rewards is None else self.process_rewards[index],
         )  # fmt: skip
 
 
@@ -111,6 +116,9 @@ def concat_rollouts(parts: list[Rollout]) -> Rollout:
         completions=[c for r in parts for c in r.completions],
         finish_reasons=[f for r in parts for f in r.finish_reasons],
         group_size=parts[0].group_size,
+        process_rewards=None
+        if any(r.process_rewards is None for r in parts)
+        else torch.cat([pad(r, r.process_rewards, True) for r in parts]),
     )
 
 
@@ -157,16 +165,37 @@ def sample_tokens(
 
 
 class Outcomes:
-    """What the env reports as B episodes end: reward, gold score, completion, finish reason."""
+    """What the env reports as B episodes end: reward, gold score, completion, finish reason;
+    and the process rewards it pays on every token (when it has a process reward model)."""
 
-    def __init__(self, batch: int):
+    def __init__(self, batch: int, max_new: int):
         self.rewards = torch.zeros(batch, dtype=torch.float32)
         self.gold = torch.full((batch,), float("nan"), dtype=torch.float32)
         self.completions, self.reasons = [""] * batch, [""] * batch
+        self.process: torch.Tensor | None = None
+        self.max_new = max_new
 
-    def record(self, rewards: np.ndarray, done: np.ndarray, info: dict) -> None:
+    def record_process(self, t: int, info: dict) -> None:
+        """Token ``t``'s process rewards (0 for the sequences that did not step)."""
+        if "process_reward" in info:
+            if self.process is None:
+                self.process = torch.zeros((len(self.rewards), self.max_new))
+            stepped = torch.from_numpy(info["_process_reward"])
+            self.process[:, t] = torch.from_numpy(info["process_reward"]).float() * stepped
+
+    def totals(self, T: int, device) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(B, T) process rewards (None without a PRM) and each episode's total reward."""
+        if self.process is None:
+            return None, self.rewards.to(device)
+        process = self.process[:, :T].to(device)
+        return process, self.rewards.to(device) + process.sum(-1)
+
+    def record(self, t: int, rewards: np.ndarray, done: np.ndarray, info: dict) -> None:
+        """Step ``t``'s process rewards, and the outcome of the episodes ``done`` ended."""
+        self.record_process(t, info)
+        outcome = info.get("outcome_reward", rewards)  # with process rewards: the outcome alone
         for i in np.flatnonzero(done):
-            self.rewards[i] = float(rewards[i])
+            self.rewards[i] = float(outcome[i])
             self.completions[i] = info["completion"][i]
             self.reasons[i] = info["finish_reason"][i]
             if "gold_reward" in info:
@@ -217,21 +246,19 @@ def rollout(
     group_size: int = 1,
     prefixes: list[list[int]] | None = None,
 ) -> Rollout:
-    """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt;
-    ``group_size`` G says that consecutive runs of G prompts are the same prompt's samples;
-    ``prefixes`` (token ids per prompt) start each episode part-way (the rollout's prompt
-    columns then hold prompt + prefix, its completion columns the new tokens only)."""
+    """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt.
+
+    ``group_size`` G: consecutive runs of G prompts are one prompt's samples; ``prefixes``
+    (token ids per prompt) start episodes part-way (prompt columns: prompt + prefix)."""
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("rollouts need a lockstep env: autoreset_mode='disabled'")
     was_training = model.training
-    model.eval()
-    pad_id, device = env.tokenizer.pad_token_id, model_device(model)
-    prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device, prefixes)
-    B, width = prompt_ids.shape
+    pad_id, device = env.tokenizer.pad_token_id, model_device(model.eval())
     max_new = env.setup.max_new_tokens
+    prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device, prefixes)
+    (B, width), outcomes = prompt_ids.shape, Outcomes(len(prompt_ids), max_new)
     tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((B, max_new), dtype=torch.float32, device=device)
-    outcomes = Outcomes(B)
     attention = torch.cat([prompt_mask, prompt_mask.new_zeros((B, max_new))], dim=1)
     positions = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
     out = forward_step(
@@ -245,7 +272,7 @@ def rollout(
         attention[:, width + t] = active.long()
         logprobs[:, t] = torch.where(active, new_logprobs, 0.0)
         _, step_rewards, terminated, truncated, step_info = env.step(new.cpu().numpy())
-        outcomes.record(step_rewards, terminated | truncated, step_info)
+        outcomes.record(t, step_rewards, terminated | truncated, step_info)
         if not env.active.any():
             break
         positions = positions + 1
@@ -253,16 +280,18 @@ def rollout(
         out = forward_step(model, new[:, None], mask, positions, precision, output_cache(out))
     model.train(was_training)
     T = t + 1
+    process, rewards = outcomes.totals(T, device)
     return Rollout(
         input_ids=torch.cat([prompt_ids, tokens[:, :T]], dim=1),
         attention_mask=attention[:, : width + T],
         prompt_width=width,
         completion_mask=attention[:, width : width + T].float(),
         logprobs=logprobs[:, :T],
-        rewards=outcomes.rewards.to(device),
+        rewards=rewards,
         gold_rewards=outcomes.gold.to(device),
         prompts=[str(p) for p in info["prompt"]],
         completions=outcomes.completions,
         finish_reasons=outcomes.reasons,
         group_size=group_size,
+        process_rewards=process,
     )

@@ -1,0 +1,452 @@
+"""``tokenmdp process-study``: do process rewards help PPO? A comparison on ``arithmetic_chain``
+(three single-digit terms: ``"6+7+9="`` answered ``"6+7=13;13+9=22"``), writing ``report.md``,
+``results.json`` and ``pass1.png`` into ``--out``.
+
+From one SFT policy (a tiny GPT-2 pre-trained briefly on the demonstrations), with the same prompt
+budget, hyper-parameters and seeds:
+
+- ``ppo_outcome``: PPO, outcome reward only (1 iff the final answer is right);
+- ``ppo_gold_process``: + the gold step checker (``arithmetic_chain_steps``) as potential-based
+  shaping (the env's ``process_reward_mode="shaping"``: the optimum is unchanged, credit moves
+  to the tokens that close a step);
+- ``ppo_prm``: + a PRM trained here (``agents.prm``) on SFT samples with gold (or
+  ``--prm-labels rollouts``: Math-Shepherd) step labels, as shaping;
+- ``ppo_implicit``: + the implicit PRM β·log π_DPO/π_SFT (``reward_models.implicit``; DPO on
+  pairs of SFT samples where one is right and the other wrong), as shaping;
+- ``vineppo``: outcome only, the critic's values at each step's start replaced by the mean
+  return of K rollouts branching from it (``PPOConfig.mc_values``);
+- ``grpo``: outcome only, G samples per prompt, no critic (``agents.grpo``): the critic-free
+  reference.
+
+Every few iterations each policy is evaluated on the task's held-out prompts (the same samples'
+random stream for all): pass@1 (one sample per prompt at temperature 1; the fraction whose final
+answer is right) and the k1 KL to the SFT policy per completion. The SFT, PRM and DPO stages are
+shared by the seeds; ``--quick`` runs a miniature study (a smoke test, well under a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.common.config import add_dataclass_args, dataclass_from_args
+from agents.common.evaluate import bootstrap_ci, evaluate
+from agents.common.policy import load_policy, set_num_threads
+from scripts.options import check_writable
+
+TASK = "arithmetic_chain"
+TASK_KWARGS = {"num_terms": 3, "max_operand": 9}
+CHAIN = {"task": TASK, "task_kwargs": TASK_KWARGS}
+METHODS = {
+    "ppo_outcome": "PPO, outcome reward only",
+    "ppo_gold_process": "PPO + gold step checker (shaping)",
+    "ppo_prm": "PPO + trained PRM (shaping)",
+    "ppo_implicit": "PPO + implicit PRM of DPO (shaping)",
+    "vineppo": "VinePPO: PPO with Monte-Carlo values",
+    "grpo": "GRPO, outcome only, no critic",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes of every stage (``DEFAULT`` or ``QUICK``)."""
+
+    model: dict
+    sft_steps: int
+    prm_prompts: int
+    prm_samples: int
+    prm_epochs: float
+    dpo_prompts: int
+    dpo_epochs: float
+    rl_prompts: int
+    rl_batch: int
+    eval_every: int  # iterations
+    eval_repeats: int  # samples per held-out prompt
+    mc_values: int
+    group_size: int
+
+
+DEFAULT = Budget(
+    model={"n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 64}, sft_steps=200,
+    prm_prompts=1024, prm_samples=2, prm_epochs=4.0, dpo_prompts=512, dpo_epochs=2.0,
+    rl_prompts=1024, rl_batch=32, eval_every=4, eval_repeats=2, mc_values=4, group_size=4,
+)  # fmt: skip
+QUICK = Budget(
+    model={"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 64}, sft_steps=10,
+    prm_prompts=32, prm_samples=1, prm_epochs=1.0, dpo_prompts=32, dpo_epochs=1.0,
+    rl_prompts=16, rl_batch=8, eval_every=1, eval_repeats=1, mc_values=2, group_size=2,
+)  # fmt: skip
+
+
+@dataclass
+class StudyConfig:
+    """Options of the process-reward study."""
+
+    out: str = "runs/process_study"
+    """Output directory: models, agents' runs, report.md, results.json, pass1.png."""
+    seeds: str = "0"
+    """Comma-separated seeds of the RL runs (the SFT, PRM and DPO stages use the first)."""
+    methods: str = ",".join(METHODS)
+    """Comma-separated methods to compare."""
+    quick: bool = False
+    """A miniature study for smoke tests (well under a minute)."""
+    prompt_budget: int = 0
+    """Prompts per RL run (0 = the default for the mode)."""
+    prm_labels: str = "gold"
+    """Step labels of the PRM's data: gold (the task's checker) | rollouts (Math-Shepherd)."""
+    beta: float = 0.02
+    """KL coefficient of every PPO run (GRPO: its k3 term in the loss)."""
+    dpo_beta: float = 0.1
+    """β of the DPO run, and of the implicit PRM built from it."""
+    threads: int = 0
+    """Torch threads (0 = every core)."""
+
+    def __post_init__(self) -> None:
+        seeds = self.seeds.split(",")
+        if not all(s.strip().lstrip("-").isdigit() for s in seeds):
+            raise ValueError(f"--seeds {self.seeds!r}: give comma-separated integers, e.g. 0,1")
+        unknown = [m for m in self.method_list if m not in METHODS]
+        if unknown or not self.method_list:
+            raise ValueError(f"--methods {self.methods!r}: unknown method {', '.join(unknown)}; "
+                             f"choose from {', '.join(METHODS)}")  # fmt: skip
+        if self.prm_labels not in ("gold", "rollouts"):
+            raise ValueError(f"--prm-labels {self.prm_labels!r}: choose gold or rollouts")
+        for option, value in (("--prompt-budget", self.prompt_budget), ("--threads", self.threads),
+                              ("--beta", self.beta), ("--dpo-beta", self.dpo_beta)):  # fmt: skip
+            if value < 0 or (option == "--dpo-beta" and value == 0):
+                raise ValueError(
+                    f"{option} {value}: must be {'> 0' if 'dpo' in option else '>= 0'}"
+                )
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [int(s) for s in self.seeds.split(",")]
+
+
+class Evaluator:
+    """Pass@1 and KL to the SFT policy on the held-out prompts, the same samples' random stream
+    at every call (common random numbers across methods and points)."""
+
+    def __init__(self, sft_dir: Path, repeats: int):
+        from llm_env.vector import TokenMDPVectorEnv
+
+        self.ref, tokenizer = load_policy(sft_dir)
+        self.ref.eval()
+        self.env = TokenMDPVectorEnv(
+            num_envs=50, autoreset_mode="disabled", tokenizer=tokenizer, split="eval", **CHAIN
+        )
+        self.prompts = [p for p in self.env.setup.task.eval_prompts for _ in range(repeats)]
+
+    def __call__(self, policy) -> dict:
+        result = evaluate(policy, self.ref, self.env, self.prompts, seed=12345)
+        low, high = bootstrap_ci(result.gold_rewards)
+        return {"pass1": float(np.mean(result.gold_rewards)), "pass1_ci": [low, high],
+                "kl": float(np.mean(result.kls)), "length": float(np.mean(result.lengths))}  # fmt: skip
+
+
+class EvalPoints(BaseCallback):
+    """Evaluates the agent's policy every ``every`` iterations and at the end."""
+
+    def __init__(self, evaluator: Evaluator, every: int):
+        super().__init__()
+        self.evaluator, self.every, self.points = evaluator, every, []
+
+    def _record(self) -> None:
+        self.points.append(
+            {"prompts": int(self.model.num_timesteps), **self.evaluator(self.model.policy)}
+        )
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            self._record()
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.points or self.points[-1]["prompts"] != self.model.num_timesteps:
+            self._record()
+
+
+class Study:
+    """The stages, in order: sft → prm, dpo (as the methods need them) → the RL runs → report."""
+
+    def __init__(self, config: StudyConfig):
+        self.config = config
+        self.budget = QUICK if config.quick else DEFAULT
+        if config.prompt_budget:
+            self.budget = dataclasses.replace(self.budget, rl_prompts=config.prompt_budget)
+        self.out = Path(config.out)
+        self.models, self.runs = self.out / "models", self.out / "runs"
+        self.seed = config.seed_list[0]
+        self.results: dict = {"config": dataclasses.asdict(config),
+                              "budget": dataclasses.asdict(self.budget), "runs": []}  # fmt: skip
+
+    def log(self, text: str) -> None:
+        print(f"== process-study: {text}", flush=True)
+
+    def train_sft(self) -> Path:
+        from agents.sft import SFTConfig, pretrain_on_task
+
+        config = SFTConfig(seed=self.seed, max_steps=self.budget.sft_steps, batch_size=32,
+                           epochs=100.0, heldout_fraction=0.0, log_every=0, save_every=0)  # fmt: skip
+        path = self.models / "sft"
+        pretrain_on_task(TASK, TASK_KWARGS, path, config, self.runs / "sft", self.budget.model)
+        return path
+
+    def train_prm(self, sft: Path) -> Path:
+        from agents.prm import PRMConfig, PRMTrainer
+        from agents.process_labels import StepLabelConfig, sample_step_data, write_step_data
+
+        b = self.budget
+        labels = StepLabelConfig(seed=self.seed, num_prompts=b.prm_prompts,
+                                 samples_per_prompt=b.prm_samples, labels=self.config.prm_labels)  # fmt: skip
+        rows = sample_step_data(sft, None, CHAIN, labels)
+        write_step_data(rows, self.out / "data" / "steps.jsonl", labels)
+        config = PRMConfig(seed=self.seed, epochs=b.prm_epochs, log_every=0, save_every=0)
+        trainer = PRMTrainer(sft, rows, config, self.runs / "prm")
+        last = trainer.learn()[-1]
+        self.results["prm"] = {
+            "labels": self.config.prm_labels, "rows": len(rows),
+            **{k.split("/")[1]: last[k] for k in ("prm/step_accuracy", "prm/bad_step_accuracy",
+                                                   "prm/good_fraction")},
+            "heldout_rows": [rows[i] for i in trainer.heldout_idx],
+        }  # fmt: skip
+        return trainer.save(self.models / "prm")
+
+    def train_dpo(self, sft: Path) -> str:
+        """DPO on pairs of SFT samples with different outcomes (right ≻ wrong); → the implicit
+        PRM's spec."""
+        from agents.dpo import DPO, DPOConfig
+        from agents.preferences import PreferenceConfig, sample_preferences
+
+        b = self.budget
+        prefs = PreferenceConfig(
+            seed=self.seed, num_prompts=b.dpo_prompts, k=4, label_temperature=0.0
+        )
+        pairs = sample_preferences(sft, None, CHAIN, None, prefs, self.out / "data" / "pairs.jsonl")
+        rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+        strict = [r for r in rows if r["chosen_gold"] != r["rejected_gold"]]
+        if not strict:  # no sample right (a tiny --quick policy): the pairs' order is arbitrary
+            self.log("no pair of SFT samples with different outcomes: DPO on all the pairs")
+        text = "".join(json.dumps(r) + "\n" for r in strict or rows)
+        (self.out / "data" / "pairs_strict.jsonl").write_text(text)
+        config = DPOConfig(seed=self.seed, beta=self.config.dpo_beta, epochs=b.dpo_epochs,
+                           eval_prompts=0, log_every=0, save_every=0, max_length=32)  # fmt: skip
+        dpo = DPO(sft, None, self.out / "data" / "pairs_strict.jsonl", config, self.runs / "dpo")
+        dpo.learn()
+        path = dpo.save(self.models / "dpo")
+        self.results["implicit"] = {"pairs": len(strict), "beta": self.config.dpo_beta}
+        return f"implicit:{path},{sft},{self.config.dpo_beta}"
+
+    def agent(self, method: str, seed: int, sft: Path, extras: dict):
+        """The agent of ``method`` (same sizes and hyper-parameters for every PPO variant)."""
+        from agents.common.config import OptimConfig
+        from agents.common.kl import KLConfig
+        from agents.grpo import GRPO, GRPOConfig
+        from agents.ppo import PPO, PPOConfig
+
+        b, run_dir = self.budget, self.runs / f"{method}-seed{seed}"
+        common = dict(seed=seed, total_prompts=b.rl_prompts, precision="fp32", log_every=1,
+                      save_every=0, optim=OptimConfig(learning_rate=1e-4))  # fmt: skip
+        if method == "grpo":
+            config = GRPOConfig(**common, batch_size=b.rl_batch, group_size=b.group_size,
+                                minibatch_size=b.rl_batch * b.group_size // 2,
+                                kl=KLConfig(beta=self.config.beta, kl_estimator="k3"))  # fmt: skip
+            return GRPO(sft, None, CHAIN, config, run_dir)
+        env_kwargs = dict(CHAIN)
+        if method in ("ppo_gold_process", "ppo_prm", "ppo_implicit"):
+            prm = {"ppo_gold_process": "task", "ppo_prm": str(extras.get("prm")),
+                   "ppo_implicit": extras.get("implicit")}[method]  # fmt: skip
+            env_kwargs |= {"process_reward_model": prm, "process_reward_mode": "shaping"}
+        config = PPOConfig(**common, batch_size=b.rl_batch, minibatch_size=b.rl_batch // 2,
+                           epochs=2, kl=KLConfig(beta=self.config.beta),
+                           mc_values=b.mc_values if method == "vineppo" else 0)  # fmt: skip
+        return PPO(sft, None, env_kwargs, config, run_dir)
+
+    def train(self, method: str, seed: int, sft: Path, extras: dict, evaluator: Evaluator) -> dict:
+        agent = self.agent(method, seed, sft, extras)
+        points = EvalPoints(evaluator, self.budget.eval_every)
+        tic = time.perf_counter()
+        history = agent.learn(callback=points)
+        seconds = time.perf_counter() - tic
+        samples = agent.num_timesteps * (self.budget.group_size if method == "grpo" else 1)
+        branches = sum(h.get("value/mc_states", 0.0) for h in history) * self.budget.mc_values
+        return {"method": method, "seed": seed, "points": points.points, "seconds": seconds,
+                "rollouts": samples + int(branches)}  # fmt: skip
+
+    def run(self) -> dict:
+        methods, started = self.config.method_list, time.perf_counter()
+        self.log("sft")
+        sft = self.train_sft()
+        extras: dict = {}
+        if "ppo_prm" in methods:
+            self.log(f"prm ({self.config.prm_labels} step labels)")
+            extras["prm"] = self.train_prm(sft)
+        if "ppo_implicit" in methods:
+            self.log("dpo (the implicit PRM)")
+            extras["implicit"] = self.train_dpo(sft)
+            if "prm" in self.results:
+                self.results["implicit"]["step_accuracy"] = implicit_step_accuracy(
+                    extras["implicit"], self.results["prm"]["heldout_rows"]
+                )
+        evaluator = Evaluator(sft, self.budget.eval_repeats)
+        self.results["sft"] = {"prompts": 0, **evaluator(evaluator.ref)}
+        for seed in self.config.seed_list:
+            for method in methods:
+                self.log(f"{method}, seed {seed}")
+                self.results["runs"].append(self.train(method, seed, sft, extras, evaluator))
+        self.results["seconds"] = time.perf_counter() - started
+        self.results.get("prm", {}).pop("heldout_rows", None)
+        write_report(self.results, self.out)
+        return self.results
+
+
+def implicit_step_accuracy(spec: str, rows: list[dict]) -> float:
+    """How often the sign of a step's implicit reward (the change of β·Σ log π_DPO/π_SFT over
+    the step's tokens) agrees with its label: the implicit PRM read as a step classifier."""
+    from reward_models import load_reward_model
+
+    model = load_reward_model(spec)
+    prompts, texts, owners = [], [], []
+    for r, row in enumerate(rows):
+        for k in range(len(row["completions"]) + 1):
+            prompts.append(row["prompt"])
+            texts.append("".join(step + ";" for step in row["completions"][:k]))
+            owners.append(r)
+    scores = model.score(prompts, texts) if texts else np.zeros(0)
+    right, start = [], 0
+    for row in rows:
+        n = len(row["completions"])
+        gains = np.diff(scores[start : start + n + 1])
+        right += [(g > 0) == label for g, label in zip(gains, row["labels"])]
+        start += n + 1
+    return float(np.mean(right)) if right else float("nan")
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def summarise(results: dict) -> list[dict]:
+    """One row per method: final pass@1 (mean over seeds, and the pooled CI of one seed's
+    samples), mean pass@1 over the evaluation points (sample efficiency), KL, time, rollouts."""
+    rows = []
+    for method in results["config"]["methods"].split(","):
+        runs = [r for r in results["runs"] if r["method"] == method]
+        if not runs:
+            continue
+        finals = [r["points"][-1] for r in runs]
+        rows.append({
+            "method": method,
+            "pass1": float(np.mean([p["pass1"] for p in finals])),
+            "pass1_sd": float(np.std([p["pass1"] for p in finals])),
+            "pass1_ci": finals[0]["pass1_ci"],
+            "auc": float(np.mean([np.mean([p["pass1"] for p in r["points"]]) for r in runs])),
+            "kl": float(np.mean([p["kl"] for p in finals])),
+            "seconds": float(np.mean([r["seconds"] for r in runs])),
+            "rollouts": int(np.mean([r["rollouts"] for r in runs])),
+        })  # fmt: skip
+    return rows
+
+
+def plot(results: dict, path: Path) -> None:
+    """Pass@1 against prompts consumed and against KL to the SFT policy, per method and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = dict(zip(METHODS, ["tab:blue", "tab:purple", "tab:orange", "tab:green", "tab:red",
+                                "tab:gray"]))  # fmt: skip
+    sft = results["sft"]
+    for run in results["runs"]:
+        points = [sft] + run["points"]
+        label = run["method"] if run["seed"] == results["runs"][0]["seed"] else None
+        style = dict(color=colors[run["method"]], alpha=0.8, label=label, marker=".")
+        left.plot([p["prompts"] for p in points], [p["pass1"] for p in points], **style)
+        right.plot([p["kl"] for p in points], [p["pass1"] for p in points], **style)
+    left.set_xlabel("prompts consumed")
+    right.set_xlabel("KL(π ‖ π_SFT) per completion [nats]")
+    for ax in (left, right):
+        ax.set_ylabel("pass@1 (held-out prompts)")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    fig.suptitle("arithmetic_chain: outcome-only vs process rewards (SFT at 0 prompts / KL 0)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(results)
+    results["summary"] = rows
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "pass1.png")
+    sft, b = results["sft"], results["budget"]
+    seeds = results["config"]["seeds"]
+    lines = [
+        "# Process rewards on arithmetic_chain",
+        "",
+        f"SFT policy: pass@1 {sft['pass1']:.3f} (95% CI {sft['pass1_ci'][0]:.3f}–"
+        f"{sft['pass1_ci'][1]:.3f}). Every RL run: {b['rl_prompts']} prompts, batch "
+        f"{b['rl_batch']}, seeds {seeds}; pass@1 on the held-out prompts ({b['eval_repeats']} "
+        "sample(s) each), KL = k1 to the SFT policy per completion.",
+        "",
+        "| method | pass@1 (final) | ± sd over seeds | 95% CI (first seed) | mean pass@1 over "
+        "training | KL | wall time (s) | rollouts sampled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['pass1']:.3f} | {r['pass1_sd']:.3f} | {r['pass1_ci'][0]:.3f}–"
+            f"{r['pass1_ci'][1]:.3f} | {r['auc']:.3f} | {r['kl']:.2f} | {r['seconds']:.0f} | "
+            f"{r['rollouts']} |"
+        )
+    lines += ["", *[f"- `{m}`: {METHODS[m]}" for m in (r["method"] for r in rows)], ""]
+    if "prm" in results:
+        p = results["prm"]
+        lines.append(f"PRM ({p['labels']} labels, {p['rows']} rows): held-out step accuracy "
+                     f"{p['step_accuracy']:.3f} (on steps labelled wrong: "
+                     f"{p['bad_step_accuracy']:.3f}; good steps {p['good_fraction']:.3f}).")  # fmt: skip
+    if "implicit" in results:
+        i = results["implicit"]
+        accuracy = i.get("step_accuracy")
+        lines.append(f"Implicit PRM (DPO, β = {i['beta']}, {i['pairs']} right-vs-wrong pairs)"
+                     + (f": sign of the step's implicit reward agrees with the gold label on "
+                        f"{accuracy:.3f} of the PRM's held-out steps." if accuracy else "."))  # fmt: skip
+    lines += ["", f"Total time: {results['seconds']:.0f} s.", "", "![pass@1](pass1.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="tokenmdp process-study", description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )  # fmt: skip
+    add_dataclass_args(parser, StudyConfig, title="study (StudyConfig)")
+    args = parser.parse_args(argv)
+    try:
+        config = dataclass_from_args(StudyConfig, args)
+        check_writable(config.out, "--out")
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    set_num_threads(config.threads or None)
+    results = Study(config).run()
+    print(
+        json.dumps({"report": str(Path(config.out) / "report.md"), "summary": results["summary"]})
+    )
+
+
+if __name__ == "__main__":
+    main()
