@@ -111,6 +111,8 @@ class TaskPreset:
     """Bradley–Terry temperature of the preference labels (0: argmax)."""
     samples_per_prompt: int = 1
     """Held-out samples per prompt; > 1 reports pass@k with k = this."""
+    ppo_learning_rate: float | None = None
+    """PPO's learning rate (None: PPOConfig's)."""
 
 
 # Two-digit sums with carries from 500 demonstrations: 600 SFT steps leave pass@1 ≈ 0.43 on
@@ -119,6 +121,7 @@ PRESETS = {
     "arithmetic": TaskPreset(
         {"max_operand": 99, "num_demonstrations": 500}, verifier=True, sft_epochs=1000.0,
         sft_steps=600, pref_k=4, label_temperature=0.0, samples_per_prompt=4,
+        ppo_learning_rate=1e-4,
     ),
     "arithmetic_chain": TaskPreset(
         verifier=True, pref_k=4, label_temperature=0.0, samples_per_prompt=4
@@ -327,14 +330,17 @@ class Pipeline:
         c, b, preset = self.config, self.budget, self.preset
         sft = {"task": c.task, "seed": c.seed, "precision": c.precision,
                "steps": preset.sft_steps or b.sft_steps, "batch": b.sft_batch, "model": b.model,
-               "preset": dataclasses.asdict(preset)}  # fmt: skip
+               "preset": {"task_kwargs": preset.task_kwargs, "verifier": preset.verifier,
+                          "sft_epochs": preset.sft_epochs, "sft_steps": preset.sft_steps,
+                          "pref_k": preset.pref_k, "label_temperature": preset.label_temperature,
+                          "samples_per_prompt": preset.samples_per_prompt}}  # fmt: skip
         self.stage("sft", sft, self.train_sft, [self.agents_dir / "sft-pretrain", self.sft_dir])
         judge = {**sft, "seed": c.seed + 1, "steps": b.judge_steps}
         self.stage(
             "judge", judge, self.train_judge, [self.agents_dir / "sft-judge", self.judge_dir]
         )
         prefs = {"task": c.task, "seed": c.seed, "prompts": b.pref_prompts,
-                 "k": preset.pref_k or b.pref_k, "preset": dataclasses.asdict(preset)}  # fmt: skip
+                 "k": preset.pref_k or b.pref_k, "preset": sft["preset"]}  # fmt: skip
         meta = self.pairs.with_name(self.pairs.name + ".meta.json")
         self.stage("preferences", prefs, self.make_preferences, [self.pairs, meta], ["sft"])
         rm_stage = [] if preset.verifier else ["reward_model"]
@@ -346,6 +352,8 @@ class Pipeline:
         for agent, name, beta in self.methods():
             inputs = {"agent": agent, "beta": beta, "task": c.task, "seed": c.seed,
                       "precision": c.precision}  # fmt: skip
+            if agent.startswith("ppo") and preset.ppo_learning_rate is not None:
+                inputs["learning_rate"] = preset.ppo_learning_rate
             if agent == "dpo":
                 inputs |= {"epochs": b.dpo_epochs, "eval_every": b.dpo_eval_every,
                            "eval_prompts": b.dpo_eval_prompts}  # fmt: skip
@@ -450,6 +458,9 @@ class Pipeline:
                             **common)  # fmt: skip
         if beta is not None:
             config = dataclasses.replace(config, kl=dataclasses.replace(config.kl, beta=beta))
+        if agent.startswith("ppo") and self.preset.ppo_learning_rate is not None:
+            optim = dataclasses.replace(config.optim, learning_rate=self.preset.ppo_learning_rate)
+            config = dataclasses.replace(config, optim=optim)
         return agent_cls(str(self.sft_dir), None, env_kwargs, config, run_dir)
 
     def evaluate(self) -> dict:
