@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scripts.options import json_object, require_writable
 
-DEFAULT_JUDGE_STEPS = 250
+DEFAULT_JUDGE_STEPS = 100
 
 
 def add_suite_arguments(parser: argparse.ArgumentParser) -> None:

@@ -195,7 +195,7 @@ class Budget:
 
 DEFAULT = Budget(sft_steps=1000, sft_batch=64, pref_prompts=2048, pref_k=2, rm_epochs=2,
                  rl_prompts=4096, rl_batch=64, dpo_epochs=2, dpo_eval_every=16,
-                 dpo_eval_prompts=64, eval_prompts=512, judge_steps=250,
+                 dpo_eval_prompts=64, eval_prompts=512, judge_steps=100,
                  model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
 QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,
                rl_prompts=64, rl_batch=16, dpo_epochs=1, dpo_eval_every=1,

@@ -329,7 +329,18 @@ def baseline_of(e: dict, evals: list[dict]) -> dict | None:
 
 QUALITY_NUMBERS = [("judge_ppl", "judge perplexity", 2), ("lexicon_fraction", "lexicon", 3),
                    ("unique_fraction", "unique", 3), ("distinct_2", "distinct-2", 3),
-                   ("length", "length", 1)]  # fmt: skip
+                   ("self_bleu", "self-BLEU", 3), ("length", "length", 1)]  # fmt: skip
+
+
+def versus(e: dict, base: dict) -> str:
+    """``"judge perplexity 7.82 (×1.26), ..."``: each number of ``QUALITY_NUMBERS`` and its
+    ratio to the baseline's (where both are known)."""
+    parts = []
+    for key, label, digits in QUALITY_NUMBERS:
+        value, ref = e.get(key), base.get(key)
+        ratio = f" (×{value / ref:.2f})" if _finite(value, ref) and ref else ""
+        parts.append(f"{label} {_fmt(value, digits)}{ratio}")
+    return ", ".join(parts)
 
 
 def failure_report(evals: list[dict], t: FailureThresholds) -> list[str]:
@@ -343,11 +354,8 @@ def failure_report(evals: list[dict], t: FailureThresholds) -> list[str]:
         if found:
             lines.append(f"- **{e['name']}** shows {' and '.join(found)}.")
         else:
-            numbers = ", ".join(
-                f"{label} {_fmt(e.get(key), digits)} (SFT {_fmt(base.get(key), digits)})"
-                for key, label, digits in QUALITY_NUMBERS
-            )
-            lines.append(f"- **{e['name']}** shows no failure: {numbers}.")
+            lines.append(f"- **{e['name']}** shows no failure past the thresholds; against SFT: "
+                         f"{versus(e, base)}.")  # fmt: skip
     if len(lines) == 2:
         lines.append("- No SFT (or reference) evaluation to compare with.")
     return lines

@@ -49,7 +49,9 @@ def test_failure_report_states_thresholds_and_one_sentence_per_method():
     sentences = [line for line in lines if line.startswith("- ")]
     assert len(sentences) == 2
     assert sentences[0].startswith("- **ppo** shows collapse (unique fraction 0.100")
-    assert sentences[1].startswith("- **dpo** shows no failure: judge perplexity 10.00 (SFT 10.00)")
+    assert sentences[1].startswith("- **dpo** shows no failure past the thresholds; against SFT: "
+                                   "judge perplexity 10.00 (×1.00), lexicon 0.980 (×1.00)")  # fmt: skip
+    assert "distinct-2 0.400 (×1.00)" in sentences[1] and "self-BLEU —, " in sentences[1]
 
 
 def test_each_evaluation_is_compared_with_its_own_runs_sft():
