@@ -38,13 +38,13 @@ def assert_png(path: Path) -> None:
 @pytest.mark.slow
 def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     out, results = quick_run
-    for agent in ("ppo-ppo", "reinforce-reinforce", "dpo-dpo", "sft-pretrain"):
+    for agent in ("ppo-ppo", "reinforce-reinforce", "grpo-grpo", "dpo-dpo", "sft-pretrain"):
         events = list((out / "sentiment" / agent).glob("events.out.tfevents.*"))
         assert events, f"no TensorBoard events for {agent}"
         assert json.loads((out / "sentiment" / agent / "config.json").read_text())
     saved = json.loads((out / "results.json").read_text())
     names = [e["name"] for e in saved["evaluations"]]
-    assert names == ["sft", "ppo", "reinforce", "dpo"]
+    assert names == ["sft", "ppo", "reinforce", "grpo", "dpo"]
     for e in saved["evaluations"]:
         assert (
             -1.0 <= e["gold_reward"] <= 1.0
@@ -187,3 +187,18 @@ def test_unfinished_stage_resumes_only_with_the_same_inputs(
         else "inputs changed (sft changed, reward_model changed, seed 0 → 1), rerunning"
     )
     assert f"== ppo: {expected}\n" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_arithmetic_pipeline_is_rl_from_verifiable_rewards(tmp_path):
+    """--task arithmetic: no reward model stage, RL against the verifier, pass@k reported."""
+    out = tmp_path / "arith"
+    Pipeline(PipelineConfig(out=str(out), quick=True, task="arithmetic")).run()
+    stages = {p.stem for p in (out / "stages").glob("*.json") if ".inputs" not in p.name}
+    assert "reward_model" not in stages and {"ppo", "reinforce", "grpo", "dpo"} <= stages
+    evals = json.loads((out / "results.json").read_text())["evaluations"]
+    for e in evals:
+        assert e["pass_k"] == 4 and e["gold_reward"] <= e["pass_at_k"] <= 1.0
+        assert "learned_reward" not in e
+    config = json.loads((out / "arithmetic" / "grpo-grpo" / "run.json").read_text())
+    assert config["agent"] == "grpo"
