@@ -294,3 +294,12 @@ def test_bad_option_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as stop:
         kl_study.main(["--group-size", "1", "--out", str(tmp_path)])
     assert stop.value.code == 2
+
+
+def test_kl_study_report_formats_seed_spreads():
+    """The report (scripts/kl_study_report.py, rendered by the smoke test above) writes a
+    one-seed value as is and several as mean ± sample sd."""
+    from scripts import kl_study_report
+
+    assert kl_study_report.mean_sd([0.5]) == "0.500"
+    assert kl_study_report.mean_sd([1.0, 3.0], digits=2) == f"2.00 ± {2**0.5:.2f}"
