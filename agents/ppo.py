@@ -9,13 +9,17 @@ env) and critic V. Each iteration:
 4. ``epochs`` passes of shuffled minibatches: clipped surrogate + clipped value loss
    (− entropy bonus), gradient clipping; then β is updated by the KL controller.
 
-Monte-Carlo values (VinePPO, Kazemnejad et al. 2024), ``mc_values = K > 0``: GAE reads, at the
-state where each step starts (the completion's start, and after every token closing a step by
-the env's ``step_boundary``; every state when the env has none), the mean return of K rollouts
-branching from that state instead of the critic's V. The critic still gives V everywhere else
-and is still trained (on the GAE returns); ``value/mc_error`` logs mean |V_critic − V_MC| at the
-branched states. A branch's return is computed like the rollout's own: KL penalty, outcome and
-process rewards of its new tokens, discounted by γ from the branching state.
+Monte-Carlo values (VinePPO, Kazemnejad et al. 2024), ``mc_values = K > 0``: GAE reads, instead
+of the critic's V, the mean return of K rollouts branching from the state where each step starts
+(the completion's start, and after every token closing a step by the env's ``step_boundary``;
+every state when the env has none), and every state inside a step holds its step's value — a
+step is one action, as in VinePPO. GAE's TD errors are then 0 inside a step and, on its closing
+token, r + V_MC(next step) − V_MC(step): with λ = 0 only closing tokens get an advantage, with
+λ = 1 every token gets the return minus its step's MC value, in between a step's tokens get
+mostly their own step's TD error. A branch's return is computed like the rollout's own (KL
+penalty, outcome and process rewards of its new tokens, discounted by γ from the branching
+state). The critic is still trained on the GAE returns and clips its own value loss;
+``value/mc_error`` logs mean |V_critic − V_MC| at the branched states.
 """
 
 from __future__ import annotations
@@ -33,7 +37,12 @@ from agents.common.advantages import (
     masked_mean,
     whiten,
 )
-from agents.common.branching import branch_values, discounted_returns, step_start_states
+from agents.common.branching import (
+    branch_values,
+    discounted_returns,
+    hold_step_values,
+    step_start_states,
+)
 from agents.common.config import (
     AgentConfig,
     OptimConfig,
@@ -245,8 +254,8 @@ class PPO(PromptBudget, Agent):
     def _mc_values(
         self, roll: Rollout, values: torch.Tensor, beta: float
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """VinePPO: (B, T) ``values`` with V(s_t) at every step's start state replaced by the
-        mean return of ``mc_values`` rollouts from s_t; and ``value/mc_error`` there."""
+        """VinePPO: (B, T) values, V_MC(step start) = the mean return of ``mc_values`` rollouts
+        from each step's start, held over the step's states; and ``value/mc_error`` there."""
         setup = self.env.setup
         boundary = setup.task.step_separator if setup.process is None else setup.process.boundary
         states = step_start_states(self.tokenizer, roll.completion_ids, roll.lengths, boundary)
@@ -268,12 +277,13 @@ class PPO(PromptBudget, Agent):
             )  # fmt: skip
         except RewardModelError as e:
             self._stop(f"the reward failed in a Monte-Carlo branch: {e}")
-        rows, cols = (torch.tensor(x, device=values.device) for x in zip(*states))
         mc = returns.mean(-1).to(values.device)
-        out = values.clone()
-        out[rows, cols] = mc
+        rows, cols = (torch.tensor(x, device=values.device) for x in zip(*states))
         error = (values[rows, cols] - mc).abs().mean().item()
-        return out, {"value/mc_error": error, "value/mc_states": float(len(states))}
+        return hold_step_values(values, roll.lengths, states, mc), {
+            "value/mc_error": error,
+            "value/mc_states": float(len(states)),
+        }
 
     def _update(self, roll, old_logprobs, old_values, advantages, returns) -> dict[str, float]:
         """``epochs`` passes of shuffled minibatches: clipped surrogate + clipped value loss

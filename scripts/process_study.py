@@ -103,6 +103,8 @@ class StudyConfig:
     """Step labels of the PRM's data: gold (the task's checker) | rollouts (Math-Shepherd)."""
     beta: float = 0.02
     """KL coefficient of every PPO run (GRPO: its k3 term in the loss)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate of every RL run (policy and critic)."""
     dpo_beta: float = 0.1
     """β of the DPO run, and of the implicit PRM built from it."""
     threads: int = 0
@@ -118,12 +120,15 @@ class StudyConfig:
                              f"choose from {', '.join(METHODS)}")  # fmt: skip
         if self.prm_labels not in ("gold", "rollouts"):
             raise ValueError(f"--prm-labels {self.prm_labels!r}: choose gold or rollouts")
-        for option, value in (("--prompt-budget", self.prompt_budget), ("--threads", self.threads),
-                              ("--beta", self.beta), ("--dpo-beta", self.dpo_beta)):  # fmt: skip
-            if value < 0 or (option == "--dpo-beta" and value == 0):
-                raise ValueError(
-                    f"{option} {value}: must be {'> 0' if 'dpo' in option else '>= 0'}"
-                )
+        zero_ok = (("--prompt-budget", self.prompt_budget), ("--threads", self.threads),
+                   ("--beta", self.beta))  # fmt: skip
+        for option, value in zero_ok:
+            if value < 0:
+                raise ValueError(f"{option} {value}: must be >= 0")
+        for option, value in (("--dpo-beta", self.dpo_beta),
+                              ("--learning-rate", self.learning_rate)):  # fmt: skip
+            if not value > 0:
+                raise ValueError(f"{option} {value}: must be > 0")
 
     @property
     def method_list(self) -> list[str]:
@@ -256,8 +261,10 @@ class Study:
         from agents.ppo import PPO, PPOConfig
 
         b, run_dir = self.budget, self.runs / f"{method}-seed{seed}"
+        # a short warm-up: Adam's first steps on noisy RL gradients move every weight by ~lr
+        optim = OptimConfig(learning_rate=self.config.learning_rate, warmup_steps=5)
         common = dict(seed=seed, total_prompts=b.rl_prompts, precision="fp32", log_every=1,
-                      save_every=0, optim=OptimConfig(learning_rate=1e-4))  # fmt: skip
+                      save_every=0, optim=optim)  # fmt: skip
         if method == "grpo":
             config = GRPOConfig(**common, batch_size=b.rl_batch, group_size=b.group_size,
                                 minibatch_size=b.rl_batch * b.group_size // 2,

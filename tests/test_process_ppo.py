@@ -14,7 +14,7 @@ import torch
 
 import llm_env
 from agents.common.advantages import gae
-from agents.common.branching import branch_values, step_start_states
+from agents.common.branching import branch_values, hold_step_values, step_start_states
 from agents.common.checkpoint import load_checkpoint_state
 from agents.common.config import OptimConfig
 from agents.common.kl import KLConfig
@@ -117,6 +117,17 @@ def test_step_start_states_follow_the_separator(chain_tokenizer):
     assert step_start_states(chain_tokenizer, completion_ids[2:3], lengths[2:3], None) == [
         (0, 0), (0, 1), (0, 2),
     ]  # fmt: skip
+
+
+def test_a_steps_states_hold_the_value_of_its_start():
+    states = [(0, 0), (0, 2), (0, 5), (1, 0)]  # row 0: steps at 0-1, 2-4, 5; row 1: one step
+    held = hold_step_values(torch.zeros(2, 6), t([6, 3]), states, t([1.0, 2.0, 3.0, 4.0]))
+    assert held.tolist() == [[1, 1, 2, 2, 2, 3], [4, 4, 4, 0, 0, 0]]
+    # GAE (γ = 1, λ = 0) on held values: a TD error only on each step's closing token
+    rewards = t([[0, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0]])
+    mask = t([[1] * 6, [1, 1, 1, 0, 0, 0]])
+    advantages, _ = gae(rewards, held, mask, gamma=1.0, lam=0.0)
+    assert advantages.tolist() == [[0, 1, 0, 0, 1, -2], [0, 0, -3, 0, 0, 0]]
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,19 @@ def step_start_states(
     return states
 
 
+def hold_step_values(
+    values: torch.Tensor, lengths: torch.Tensor, states: list[tuple[int, int]], starts: torch.Tensor
+) -> torch.Tensor:
+    """(B, T) ``values`` with every state from a step's start ``states[n]`` (row, t) up to the
+    next step's start (or the row's end) set to ``starts[n]``: a step's states share the value
+    of its start. ``states``: sorted by row, then t, as ``step_start_states`` gives them."""
+    out = values.clone()
+    for n, ((row, t), (next_row, next_t)) in enumerate(zip(states, [*states[1:], (-1, 0)])):
+        stop = next_t if next_row == row else int(lengths[row])
+        out[row, t:stop] = starts[n]
+    return out
+
+
 def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     """Σ_t γ^t r_t of each row of ``rewards`` (B, T), 0 past a sequence's end → (B,)."""
     discount = gamma ** torch.arange(rewards.shape[1], dtype=rewards.dtype, device=rewards.device)
