@@ -51,6 +51,7 @@ from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
 from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import clipped_surrogate
 from agents.common.online import (
+    PromptBudget,
     draw_prompts,
     init_online_agent,
     iteration_prompts,
@@ -195,7 +196,7 @@ class GRPOConfig(AgentConfig):
         check_positive("overlong_penalty", self.overlong_penalty, float, allow_zero=True)
 
 
-class GRPO(Agent):
+class GRPO(PromptBudget, Agent):
     """GRPO over ``TokenMDPVectorEnv``; see the module docstring."""
 
     agent_name = "grpo"
@@ -226,25 +227,6 @@ class GRPO(Agent):
         self.optimizers = {"policy": make_optimizer(params, config.optim, steps)}
         self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
         self.max_new_tokens = self.env.setup.max_new_tokens
-
-    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
-        """Train until ``total_prompts`` prompts (default ``config.total_prompts``) are consumed."""
-        if total_prompts is not None:
-            online_steps(total_prompts, self.config.batch_size)  # validates it
-            self.total_prompts = total_prompts
-        return super().learn(callback)
-
-    def _num_steps(self) -> int:
-        return online_steps(self.total_prompts, self.config.batch_size)
-
-    def _step_size(self, step: int) -> int:
-        return self.config.batch_size
-
-    def _state(self):
-        return {"kl_controller": self.kl_ctl.state_dict()}
-
-    def _load_state(self, state):
-        self.kl_ctl.load_state_dict(state["kl_controller"])
 
     # -- one iteration ----------------------------------------------------------------------------
     def _collect(self, step: int) -> tuple[Rollout, float]:

@@ -56,6 +56,7 @@ from agents.common.kl import KL_ESTIMATORS, KLConfig
 from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
 from agents.common.online import (
+    PromptBudget,
     RolloutScores,
     init_online_agent,
     iteration_prompts,
@@ -154,7 +155,7 @@ def policy_logits_and_values(
     return logits, values
 
 
-class PPO(Agent):
+class PPO(PromptBudget, Agent):
     """PPO over ``TokenMDPVectorEnv``; see the module docstring."""
 
     agent_name = "ppo"
@@ -194,27 +195,8 @@ class PPO(Agent):
             ),
         }
 
-    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
-        """Train until ``total_prompts`` prompts (default ``config.total_prompts``) are consumed."""
-        if total_prompts is not None:
-            online_steps(total_prompts, self.config.batch_size)  # validates it
-            self.total_prompts = total_prompts
-        return super().learn(callback)
-
-    def _num_steps(self) -> int:
-        return online_steps(self.total_prompts, self.config.batch_size)
-
-    def _step_size(self, step: int) -> int:
-        return self.config.batch_size
-
     def _models(self):
         return {"policy": self.policy, "critic": self.critic}
-
-    def _state(self):
-        return {"kl_controller": self.kl_ctl.state_dict()}
-
-    def _load_state(self, state):
-        self.kl_ctl.load_state_dict(state["kl_controller"])
 
     def _train_step(self, step: int) -> dict[str, float]:
         """One iteration: roll out, score in one pass, per-token rewards, GAE, the update, β."""

@@ -48,6 +48,8 @@ class PreferenceConfig:
     """Prompt split of the task: train | eval."""
     precision: str = "fp32"
     """Rollout precision: auto | bf16 | fp32."""
+    skip_ties: bool = False
+    """Drop pairs whose gold scores are equal (a verifier's 0/0 or 1/1: no preference to learn)."""
 
     def __post_init__(self) -> None:
         check_positive("num_prompts", self.num_prompts)
@@ -107,8 +109,8 @@ def label_pairs(
     a_wins = bradley_terry_labels(gold[a], gold[b], config.label_temperature, rng)
     rows, identical = [], 0
     for i, j, a_first in zip(a, b, a_wins):
-        if completions[i] == completions[j]:
-            identical += 1  # no preference between identical texts
+        if completions[i] == completions[j] or (config.skip_ties and gold[i] == gold[j]):
+            identical += 1  # no preference between identical texts (or equal gold scores)
             continue
         win, lose = (i, j) if a_first else (j, i)
         rows.append(
@@ -121,7 +123,7 @@ def label_pairs(
             }
         )
     if not rows:
-        raise ValueError("every sampled pair was identical: no preference rows to write")
+        raise ValueError("every sampled pair was identical (or tied): no preference rows to write")
     return rows, identical
 
 

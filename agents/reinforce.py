@@ -31,6 +31,7 @@ from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
 from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import reinforce_loss
 from agents.common.online import (
+    PromptBudget,
     init_online_agent,
     iteration_prompts,
     masked_token_logprobs,
@@ -111,7 +112,7 @@ class ReinforceConfig(AgentConfig):
         check_range("baseline_decay", self.baseline_decay, 0.0, 1.0, "[)")
 
 
-class Reinforce(Agent):
+class Reinforce(PromptBudget, Agent):
     """REINFORCE / RLOO over ``TokenMDPVectorEnv``; see the module docstring."""
 
     agent_name = "reinforce"
@@ -138,25 +139,12 @@ class Reinforce(Agent):
         self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
         self.running_mean = 0.0
 
-    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
-        """Train until ``total_prompts`` prompts (default ``config.total_prompts``) are consumed."""
-        if total_prompts is not None:
-            online_steps(total_prompts, self.config.batch_size)  # validates it
-            self.total_prompts = total_prompts
-        return super().learn(callback)
-
-    def _num_steps(self) -> int:
-        return online_steps(self.total_prompts, self.config.batch_size)
-
-    def _step_size(self, step: int) -> int:
-        return self.config.batch_size
-
     def _state(self):
-        return {"running_mean": self.running_mean, "kl_controller": self.kl_ctl.state_dict()}
+        return {**super()._state(), "running_mean": self.running_mean}
 
     def _load_state(self, state):
+        super()._load_state(state)
         self.running_mean = float(state["running_mean"])
-        self.kl_ctl.load_state_dict(state["kl_controller"])
 
     def _train_step(self, step: int) -> dict[str, float]:
         """One iteration: k samples per prompt, R = r − β·KL(y), baseline, one gradient step."""

@@ -10,11 +10,16 @@ rerun from scratch, and so, through their keys, are the stages downstream of it.
 changed. The stages:
 
 1. ``sft``: build the task tokenizer and a tiny GPT-2; pre-train / SFT it on the task corpus.
+   ``judge``: another tiny GPT-2, another seed, fewer steps: the fluency judge of step 4.
 2. ``preferences``: sample k completions per prompt from the SFT policy through the env, label
    pairs with Bradley–Terry noise on the gold reward.  ``reward_model``: train the BT model.
-3. ``ppo``, ``reinforce`` (against the learned reward model) and ``dpo`` (on the pairs), from the
-   same SFT checkpoint with the same prompt budget; optionally ``ppo_gold`` and a β sweep.
-4. ``evaluate``: every final policy and the SFT policy on held-out prompts through the env.
+3. ``ppo``, ``reinforce``, ``grpo`` (against the learned reward model) and ``dpo`` (on the
+   pairs), from the same SFT checkpoint with the same prompt budget; optionally ``ppo_gold`` and
+   a β sweep. On a verifiable task (``--task arithmetic``: two-digit sums, SFT on 500
+   demonstrations) there is no reward model: the RL methods train against the verifier itself
+   and DPO's pairs are labelled by it (RL from verifiable rewards); the evaluation adds pass@k.
+4. ``evaluate``: every final policy and the SFT policy on held-out prompts through the env, by
+   the evaluation suite (``agents.common.evaluate.evaluate_policies``).
 5. ``report``: ``report.md``, ``results.json`` and PNG plots in the run directory.
 """
 
@@ -34,12 +39,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from agents.common.config import add_dataclass_args, dataclass_from_args
 from scripts.options import check_writable
 
-METHODS = ("ppo", "reinforce", "dpo")
+METHODS = ("ppo", "reinforce", "grpo", "dpo")
 
 
 @dataclass
@@ -54,7 +57,7 @@ class PipelineConfig:
     """Seed for every stage."""
     quick: bool = False
     """A miniature study (well under two minutes) for smoke tests."""
-    methods: str = "ppo,reinforce,dpo"
+    methods: str = "ppo,reinforce,grpo,dpo"
     """Comma-separated methods trained from the SFT policy."""
     ppo_gold: bool = False
     """Also run PPO against the gold reward directly (no learned reward model)."""
@@ -87,6 +90,46 @@ class PipelineConfig:
                 raise ValueError(f"{option} {value}: must be >= 0 (0 = the default for the mode)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class TaskPreset:
+    """How the study runs on a built-in task."""
+
+    task_kwargs: dict = field(default_factory=dict)
+    """Options of the task (e.g. harder arithmetic, few demonstrations)."""
+    verifier: bool = False
+    """RL from verifiable rewards: the RL methods train against the task's gold reward itself
+    (no learned reward model); DPO's pairs are labelled by it (ties dropped)."""
+    sft_epochs: float = 2.0
+    """Passes over the demonstrations at most (the SFT budget is its steps)."""
+    sft_steps: int | None = None
+    """SFT steps (None: the budget's)."""
+    pref_k: int | None = None
+    """Samples per prompt for the preference pairs (None: the budget's)."""
+    label_temperature: float = 0.1
+    """Bradley–Terry temperature of the preference labels (0: argmax)."""
+    samples_per_prompt: int = 1
+    """Held-out samples per prompt; > 1 reports pass@k with k = this."""
+    ppo_learning_rate: float | None = None
+    """PPO's learning rate (None: PPOConfig's)."""
+
+
+# Two-digit sums with carries from 500 demonstrations: 600 SFT steps leave pass@1 ≈ 0.43 on
+# held-out sums (measured, seed 0), room for RL from the verifier.
+PRESETS = {
+    "arithmetic": TaskPreset(
+        {"max_operand": 99, "num_demonstrations": 500}, verifier=True, sft_epochs=1000.0,
+        sft_steps=600, pref_k=4, label_temperature=0.0, samples_per_prompt=4,
+        ppo_learning_rate=1e-4,
+    ),
+    "arithmetic_chain": TaskPreset(
+        verifier=True, pref_k=4, label_temperature=0.0, samples_per_prompt=4
+    ),
+}  # fmt: skip
+
+
+QUICK_PRESETS = {"arithmetic": {"task_kwargs": {"max_operand": 9}, "sft_steps": 150}}
 
 
 def split_list(text: str) -> list[str]:
@@ -146,16 +189,17 @@ class Budget:
     dpo_eval_every: int
     dpo_eval_prompts: int
     eval_prompts: int
+    judge_steps: int
     model: dict = field(default_factory=dict)
 
 
 DEFAULT = Budget(sft_steps=1000, sft_batch=64, pref_prompts=2048, pref_k=2, rm_epochs=2,
                  rl_prompts=4096, rl_batch=64, dpo_epochs=2, dpo_eval_every=16,
-                 dpo_eval_prompts=64, eval_prompts=512,
+                 dpo_eval_prompts=64, eval_prompts=512, judge_steps=100,
                  model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
 QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,
                rl_prompts=64, rl_batch=16, dpo_epochs=1, dpo_eval_every=1,
-               dpo_eval_prompts=16, eval_prompts=32,
+               dpo_eval_prompts=16, eval_prompts=32, judge_steps=10,
                model={"n_layer": 1, "n_head": 2, "n_embd": 64})  # fmt: skip
 
 
@@ -197,7 +241,11 @@ class Pipeline:
         self.agents_dir = self.out / config.task
         self.sft_dir = self.out / "models" / "sft"
         self.rm_dir = self.out / "models" / "reward_model"
+        self.judge_dir = self.out / "models" / "judge"
         self.pairs = self.out / "data" / "preferences.jsonl"
+        self.preset = PRESETS.get(config.task, TaskPreset())
+        if config.quick:  # the miniature study: quick sizes (single-digit sums on arithmetic)
+            self.preset = dataclasses.replace(self.preset, **QUICK_PRESETS.get(config.task, {}))
         self.keys: dict[str, str] = {}  # stage name -> key, filled as the stages run
 
     # -- stage bookkeeping -----------------------------------------------------------------------
@@ -259,13 +307,17 @@ class Pipeline:
         evals = self.run_stages()
         from scripts.report import find_agent_runs, markdown_table, write_report
 
-        run_dirs = [self.agents_dir / "sft-pretrain", self.agents_dir / "rm-bradley_terry"]
+        run_dirs = [self.agents_dir / "sft-pretrain", self.agents_dir / "sft-judge"]
+        if not self.preset.verifier:
+            run_dirs.append(self.agents_dir / "rm-bradley_terry")
         run_dirs += [self.method_dir(agent, name) for agent, name, _ in self.methods()]
         runs = find_agent_runs(sorted(run_dirs))
         results = write_report(runs, evals, self.out)
         print(markdown_table(
             evals, [("name", "policy", 0), ("gold_reward", "gold", 3),
-                    ("learned_reward", "learned", 3), ("kl_ref", "KL", 2), ("length", "len", 1)],
+                    ("learned_reward", "learned", 3), ("kl_ref", "KL", 2), ("length", "len", 1),
+                    ("judge_ppl", "judge ppl", 2), ("distinct_2", "distinct-2", 3),
+                    ("pass_at_k", "pass@k", 3)],
         ))  # fmt: skip
         print(f"\nreport: {self.out / 'report.md'}   tensorboard --logdir {self.out}")
         return results
@@ -275,56 +327,80 @@ class Pipeline:
         from agents.common.policy import set_num_threads
 
         set_num_threads()
-        c, b = self.config, self.budget
+        c, b, preset = self.config, self.budget, self.preset
         sft = {"task": c.task, "seed": c.seed, "precision": c.precision,
-               "steps": b.sft_steps, "batch": b.sft_batch, "model": b.model}  # fmt: skip
+               "steps": preset.sft_steps or b.sft_steps, "batch": b.sft_batch, "model": b.model,
+               "preset": {"task_kwargs": preset.task_kwargs, "verifier": preset.verifier,
+                          "sft_epochs": preset.sft_epochs, "sft_steps": preset.sft_steps,
+                          "pref_k": preset.pref_k, "label_temperature": preset.label_temperature,
+                          "samples_per_prompt": preset.samples_per_prompt}}  # fmt: skip
         self.stage("sft", sft, self.train_sft, [self.agents_dir / "sft-pretrain", self.sft_dir])
-        prefs = {"task": c.task, "seed": c.seed, "prompts": b.pref_prompts, "k": b.pref_k}
+        judge = {**sft, "seed": c.seed + 1, "steps": b.judge_steps}
+        self.stage(
+            "judge", judge, self.train_judge, [self.agents_dir / "sft-judge", self.judge_dir]
+        )
+        prefs = {"task": c.task, "seed": c.seed, "prompts": b.pref_prompts,
+                 "k": preset.pref_k or b.pref_k, "preset": sft["preset"]}  # fmt: skip
         meta = self.pairs.with_name(self.pairs.name + ".meta.json")
         self.stage("preferences", prefs, self.make_preferences, [self.pairs, meta], ["sft"])
-        rm = {"seed": c.seed, "precision": c.precision, "epochs": b.rm_epochs}
-        rm_outputs = [self.agents_dir / "rm-bradley_terry", self.rm_dir]
-        self.stage("reward_model", rm, self.train_reward_model, rm_outputs, ["sft", "preferences"])
+        rm_stage = [] if preset.verifier else ["reward_model"]
+        if not preset.verifier:
+            rm = {"seed": c.seed, "precision": c.precision, "epochs": b.rm_epochs}
+            rm_outputs = [self.agents_dir / "rm-bradley_terry", self.rm_dir]
+            self.stage("reward_model", rm, self.train_reward_model, rm_outputs,
+                       ["sft", "preferences"])  # fmt: skip
         for agent, name, beta in self.methods():
             inputs = {"agent": agent, "beta": beta, "task": c.task, "seed": c.seed,
                       "precision": c.precision}  # fmt: skip
+            if agent.startswith("ppo") and preset.ppo_learning_rate is not None:
+                inputs["learning_rate"] = preset.ppo_learning_rate
             if agent == "dpo":
                 inputs |= {"epochs": b.dpo_epochs, "eval_every": b.dpo_eval_every,
                            "eval_prompts": b.dpo_eval_prompts}  # fmt: skip
                 after = ["sft", "preferences"]
             else:
                 inputs |= {"prompts": b.rl_prompts, "batch": b.rl_batch}
-                after = ["sft"] if agent == "ppo_gold" else ["sft", "reward_model"]
+                after = ["sft"] + ([] if agent == "ppo_gold" else rm_stage)
             train = functools.partial(self.train_method, agent, name, beta)
             self.stage(name, inputs, train, [self.method_dir(agent, name)], after)
-        evaluate = {"task": c.task, "seed": c.seed, "prompts": b.eval_prompts}
-        after = ["sft", "reward_model"] + [name for _, name, _ in self.methods()]
+        evaluate = {"task": c.task, "seed": c.seed, "prompts": b.eval_prompts,
+                    "samples_per_prompt": preset.samples_per_prompt}  # fmt: skip
+        after = ["sft", "judge", *rm_stage] + [name for _, name, _ in self.methods()]
         return self.stage("evaluate", evaluate, self.evaluate, [], after)["evaluations"]
 
-    def train_sft(self) -> dict:
+    def train_sft(self, name: str = "pretrain", seed_offset: int = 0, steps: int = 0) -> dict:
+        """Pre-train a tiny GPT-2 on the task corpus: the SFT policy, or (another seed, fewer
+        steps) the fluency judge."""
         from agents.sft import SFTConfig, pretrain_on_task
 
-        run_dir = self.agents_dir / "sft-pretrain"
+        run_dir = self.agents_dir / f"sft-{name}"
+        out = self.judge_dir if name == "judge" else self.sft_dir
         config = SFTConfig(
-            seed=self.config.seed,
-            max_steps=self.budget.sft_steps,
+            seed=self.config.seed + seed_offset,
+            max_steps=steps or self.preset.sft_steps or self.budget.sft_steps,
+            epochs=self.preset.sft_epochs,
             batch_size=self.budget.sft_batch,
             precision=self.config.precision,
             resume=True,
         )
+        task_kwargs = self.preset.task_kwargs
         with measured(run_dir):
-            pretrain_on_task(self.config.task, {}, self.sft_dir, config, run_dir, self.budget.model)
-        return {"policy": str(self.sft_dir)}
+            pretrain_on_task(self.config.task, task_kwargs, out, config, run_dir, self.budget.model)
+        return {"policy": str(out)}
+
+    def train_judge(self) -> dict:
+        return self.train_sft("judge", seed_offset=1, steps=self.budget.judge_steps)
 
     def make_preferences(self) -> dict:
         from agents.preferences import PreferenceConfig, sample_preferences
 
+        preset = self.preset
         config = PreferenceConfig(
-            seed=self.config.seed, num_prompts=self.budget.pref_prompts, k=self.budget.pref_k
-        )
-        sample_preferences(
-            str(self.sft_dir), None, {"task": self.config.task}, None, config, self.pairs
-        )
+            seed=self.config.seed, num_prompts=self.budget.pref_prompts,
+            k=preset.pref_k or self.budget.pref_k, label_temperature=preset.label_temperature,
+            skip_ties=preset.verifier,
+        )  # fmt: skip
+        sample_preferences(str(self.sft_dir), None, self.env_kwargs(), None, config, self.pairs)
         return {"pairs": str(self.pairs)}
 
     def train_reward_model(self) -> dict:
@@ -341,79 +417,76 @@ class Pipeline:
             trainer.save(self.rm_dir)
         return {"reward_model": str(self.rm_dir), **metrics}
 
+    def env_kwargs(self, **extra) -> dict:
+        """The env of every agent of the study: the task with its preset's options."""
+        return {"task": self.config.task, "task_kwargs": self.preset.task_kwargs, **extra}
+
     def train_method(self, agent: str, name: str, beta: float | None) -> dict:
+        """Train one method from the SFT policy: DPO on the pairs; PPO / REINFORCE / GRPO
+        against the learned reward model (against the gold reward for ``ppo_gold`` and on
+        verifiable tasks)."""
         run_dir = self.method_dir(agent, name)
         common = {"seed": self.config.seed, "precision": self.config.precision, "resume": True}
-        if beta is not None:
-            common["beta"] = beta
         with measured(run_dir):
             if agent == "dpo":
                 from agents.dpo import DPO, DPOConfig
 
-                config = dataclasses.replace(
-                    DPOConfig(), epochs=self.budget.dpo_epochs, eval_every=self.budget.dpo_eval_every,
+                config = DPOConfig(
+                    epochs=self.budget.dpo_epochs, eval_every=self.budget.dpo_eval_every,
                     eval_prompts=self.budget.dpo_eval_prompts, **common,
+                    **({"beta": beta} if beta is not None else {}),
                 )  # fmt: skip
                 trainer = DPO(str(self.sft_dir), None, str(self.pairs), config, run_dir,
-                              eval_env_kwargs={"task": self.config.task})  # fmt: skip
+                              eval_env_kwargs=self.env_kwargs())  # fmt: skip
             else:
-                from llm_env.tasks import make_task
-
-                gold = make_task(self.config.task).gold_reward
-                reward = gold if agent == "ppo_gold" else str(self.rm_dir)
-                env_kwargs = {"task": self.config.task, "reward_model": reward}
-                if agent == "reinforce":
-                    from agents.reinforce import Reinforce as Agent
-                    from agents.reinforce import ReinforceConfig as Config
-                else:
-                    from agents.ppo import PPO as Agent
-                    from agents.ppo import PPOConfig as Config
-                config = dataclasses.replace(
-                    Config(), total_prompts=self.budget.rl_prompts,
-                    batch_size=self.budget.rl_batch, **common,
-                )  # fmt: skip
-                trainer = Agent(str(self.sft_dir), None, env_kwargs, config, run_dir)
+                trainer = self.online_agent(agent, beta, common, run_dir)
             trainer.learn()
         return {"policy": str(run_dir / "final")}
 
+    def online_agent(self, agent: str, beta: float | None, common: dict, run_dir: Path):
+        from agents.grpo import GRPO, GRPOConfig
+        from agents.ppo import PPO, PPOConfig
+        from agents.reinforce import Reinforce, ReinforceConfig
+        from llm_env.tasks import make_task
+
+        gold = make_task(self.config.task, **self.preset.task_kwargs).gold_reward
+        verifier = agent == "ppo_gold" or self.preset.verifier
+        env_kwargs = self.env_kwargs(reward_model=gold if verifier else str(self.rm_dir))
+        agent_cls, config_cls = {"reinforce": (Reinforce, ReinforceConfig),
+                                 "grpo": (GRPO, GRPOConfig)}.get(agent, (PPO, PPOConfig))  # fmt: skip
+        config = config_cls(total_prompts=self.budget.rl_prompts, batch_size=self.budget.rl_batch,
+                            **common)  # fmt: skip
+        if beta is not None:
+            config = dataclasses.replace(config, kl=dataclasses.replace(config.kl, beta=beta))
+        if agent.startswith("ppo") and self.preset.ppo_learning_rate is not None:
+            optim = dataclasses.replace(config.optim, learning_rate=self.preset.ppo_learning_rate)
+            config = dataclasses.replace(config, optim=optim)
+        return agent_cls(str(self.sft_dir), None, env_kwargs, config, run_dir)
+
     def evaluate(self) -> dict:
-        from agents.common.evaluate import bootstrap_ci, evaluate
-        from agents.common.policy import load_policy
-        from llm_env import TokenMDPVectorEnv
+        from agents.common.evaluate import Judge, SuiteConfig, evaluate_policies, log_evaluation
         from reward_models import load_reward_model
 
-        ref, tokenizer = load_policy(str(self.sft_dir))
-        ref.eval()
-        env = TokenMDPVectorEnv(64, task=self.config.task, tokenizer=tokenizer, split="eval",
-                                autoreset_mode="disabled")  # fmt: skip
-        pool = list(env.setup.task.prompts("eval"))
-        prompts = [pool[i % len(pool)] for i in range(self.budget.eval_prompts)]
-        learned = {"learned": load_reward_model(str(self.rm_dir))}
-        policies = [("sft", str(self.sft_dir))]
-        policies += [
-            (name, str(self.method_dir(a, name) / "final")) for a, name, _ in self.methods()
-        ]
-        evals = []
-        for name, path in policies:
-            policy, _ = load_policy(path)
-            result = evaluate(policy.eval(), ref, env, prompts, seed=self.config.seed + 1,
-                              extra_reward_models=learned)  # fmt: skip
-            summary = {
-                "name": name,
-                "gold_reward": float(np.mean(result.gold_rewards)),
-                "gold_ci": list(bootstrap_ci(result.gold_rewards, seed=self.config.seed)),
-                "gold_std": float(np.std(result.gold_rewards)),
-                "learned_reward": float(np.mean(result.extra["learned"])),
-                "kl_ref": float(np.mean(result.kls)),
-                "length": float(np.mean(result.lengths)),
-                "n": len(prompts),
-                "samples": result.samples,
-            }
-            evals.append(summary)
-            run_dir = Path(path).parent
-            if name != "sft" and run_dir.is_dir():
+        policies = [("sft", self.sft_dir)]
+        policies += [(name, self.method_dir(a, name) / "final") for a, name, _ in self.methods()]
+        suite = SuiteConfig(
+            task=self.config.task, task_kwargs=self.preset.task_kwargs,
+            prompts=self.budget.eval_prompts, seed=self.config.seed + 1,
+            samples_per_prompt=self.preset.samples_per_prompt,
+        )  # fmt: skip
+        learned = {} if self.preset.verifier else {"learned": load_reward_model(str(self.rm_dir))}
+        evals = evaluate_policies(
+            policies, self.sft_dir, suite, Judge.load(self.judge_dir), learned
+        )
+        for summary, (name, path) in zip(evals, policies):
+            run_dir = self.agents_dir / "sft-pretrain" if name == "sft" else path.parent
+            if name != "sft":
                 (run_dir / "eval.json").write_text(json.dumps(summary, indent=2, default=float))
-            print(f"   {name:<16} gold {summary['gold_reward']:+.3f}  KL {summary['kl_ref']:.2f}")
+            log_evaluation(run_dir, summary)
+            print(
+                f"   {name:<16} gold {summary['gold_reward']:+.3f}  KL {summary['kl_ref']:.2f}  "
+                f"judge ppl {summary['judge_ppl']:.2f}  distinct-2 {summary['distinct_2']:.3f}"
+            )
         return {"evaluations": evals}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # How many full models each method holds in memory while training (policy, reference, reward
@@ -243,6 +243,151 @@ def plot_training_curves(runs: list[AgentRun], path: Path) -> None:
     plt.close(fig)
 
 
+EVAL_COLUMNS = [
+    ("name", "policy", 0), ("gold_reward", "gold reward", 3), ("gold_ci", "95% CI", 0),
+    ("learned_reward", "learned reward", 3), ("kl_ref", "KL to SFT", 2), ("length", "length", 1),
+    ("eos_rate", "EOS rate", 2), ("judge_ppl", "judge ppl", 2), ("lexicon_fraction", "lexicon", 3),
+    ("distinct_1", "distinct-1", 3), ("distinct_2", "distinct-2", 3),
+    ("unique_fraction", "unique", 3), ("self_bleu", "self-BLEU", 3), ("pass_at_k", "pass@k", 3),
+    ("length_corr_gold", "corr(gold, len)", 2), ("length_corr_learned", "corr(learned, len)", 2),
+    ("n", "prompts", 0),
+]  # fmt: skip
+EVAL_LEGEND = [
+    "Columns (definitions in `agents/common/metrics.py`): *judge ppl* — per-token perplexity of "
+    "the completions (and their EOS) under a separate LM pre-trained on the task corpus; "
+    "*lexicon* — share of completion words in the task's lexicon; *distinct-n* — distinct word "
+    "n-grams / all n-grams; *unique* — distinct completions / completions; *self-BLEU* — mean "
+    "BLEU-4 of each of the first 128 completions against the others (higher = less diverse); "
+    "*corr(r, len)* — Pearson correlation of a reward with the completion's length in tokens.",
+]
+
+
+@dataclass(frozen=True)
+class FailureThresholds:
+    """When an evaluation shows a failure, compared with its SFT policy's evaluation."""
+
+    lexicon_drop: float = 0.05
+    """Drift into non-words: lexicon fraction lower than SFT's by more than this (absolute)."""
+    collapse_ratio: float = 0.5
+    """Collapse: unique fraction or distinct-2 below this multiple of SFT's."""
+    length_corr: float = 0.3
+    """Length hacking: |corr(reward, length)| at least this (the learned reward if scored) ..."""
+    length_change: float = 0.25
+    """... and the mean length differs from SFT's by more than this fraction of it."""
+    ppl_ratio: float = 2.0
+    """Disfluency: judge perplexity above this multiple of SFT's."""
+
+    def describe(self) -> str:
+        return (
+            f"non-words: lexicon fraction more than {self.lexicon_drop:.2f} below SFT's; "
+            f"collapse: unique fraction or distinct-2 below {self.collapse_ratio:g}× SFT's; "
+            f"length hacking: |corr(reward, length)| ≥ {self.length_corr:g} (learned reward "
+            f"where scored, else gold) and mean length off SFT's by more than "
+            f"{self.length_change:.0%}; disfluency: judge perplexity above {self.ppl_ratio:g}× "
+            "SFT's"
+        )
+
+
+def _finite(*values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def failures(e: dict, base: dict, t: FailureThresholds) -> list[str]:
+    """The failures evaluation ``e`` shows against its SFT evaluation ``base``, each named with
+    the numbers behind it; empty when none crosses its threshold (or the numbers are missing)."""
+    found = []
+    lex, lex0 = e.get("lexicon_fraction"), base.get("lexicon_fraction")
+    if _finite(lex, lex0) and lex < lex0 - t.lexicon_drop:
+        found.append(f"drift into non-words (lexicon fraction {lex:.3f} vs SFT's {lex0:.3f})")
+    collapsed = [
+        f"{label} {e[key]:.3f} vs SFT's {base[key]:.3f}"
+        for key, label in (("unique_fraction", "unique fraction"), ("distinct_2", "distinct-2"))
+        if _finite(e.get(key), base.get(key)) and e[key] < t.collapse_ratio * base[key]
+    ]
+    if collapsed:
+        found.append(f"collapse ({'; '.join(collapsed)})")
+    reward = "learned" if _finite(e.get("length_corr_learned")) else "gold"
+    corr, length, length0 = e.get(f"length_corr_{reward}"), e.get("length"), base.get("length")
+    if (_finite(corr, length, length0) and abs(corr) >= t.length_corr
+            and abs(length - length0) > t.length_change * length0):  # fmt: skip
+        found.append(f"length hacking (corr({reward} reward, length) {corr:+.2f}, length "
+                     f"{length:.1f} vs SFT's {length0:.1f})")  # fmt: skip
+    ppl, ppl0 = e.get("judge_ppl"), base.get("judge_ppl")
+    if _finite(ppl, ppl0) and ppl > t.ppl_ratio * ppl0:
+        found.append(f"disfluency (judge perplexity {ppl:.2f} vs SFT's {ppl0:.2f})")
+    return found
+
+
+def baseline_of(e: dict, evals: list[dict]) -> dict | None:
+    """The SFT (or reference) evaluation ``e`` is compared with: the one of its own run
+    (``run/sft`` for ``run/ppo`` in ``compare``), else a top-level one."""
+    prefix = e["name"].rpartition("/")[0]
+    names = [f"{prefix}/{n}" if prefix else n for n in ("sft", "reference")] + ["sft", "reference"]
+    by_name = {x["name"]: x for x in evals}
+    return next((by_name[n] for n in names if n in by_name), None)
+
+
+QUALITY_NUMBERS = [("judge_ppl", "judge perplexity", 2), ("lexicon_fraction", "lexicon", 3),
+                   ("unique_fraction", "unique", 3), ("distinct_2", "distinct-2", 3),
+                   ("self_bleu", "self-BLEU", 3), ("length", "length", 1)]  # fmt: skip
+
+
+def versus(e: dict, base: dict) -> str:
+    """``"judge perplexity 7.82 (×1.26), ..."``: each number of ``QUALITY_NUMBERS`` and its
+    ratio to the baseline's (where both are known)."""
+    parts = []
+    for key, label, digits in QUALITY_NUMBERS:
+        value, ref = e.get(key), base.get(key)
+        ratio = f" (×{value / ref:.2f})" if _finite(value, ref) and ref else ""
+        parts.append(f"{label} {_fmt(value, digits)}{ratio}")
+    return ", ".join(parts)
+
+
+def failure_report(evals: list[dict], t: FailureThresholds) -> list[str]:
+    """The thresholds, then one sentence per evaluated method naming the failures it shows."""
+    lines = [f"Failure thresholds, against the SFT policy's evaluation — {t.describe()}.", ""]
+    for e in evals:
+        base = baseline_of(e, evals)
+        if base is None or base is e:
+            continue
+        found = failures(e, base, t)
+        if found:
+            lines.append(f"- **{e['name']}** shows {' and '.join(found)}.")
+        else:
+            lines.append(f"- **{e['name']}** shows no failure past the thresholds; against SFT: "
+                         f"{versus(e, base)}.")  # fmt: skip
+    if len(lines) == 2:
+        lines.append("- No SFT (or reference) evaluation to compare with.")
+    return lines
+
+
+def plot_fluency_vs_kl(evals: list[dict], path: Path) -> bool:
+    """Judge perplexity against KL to the reference, one point per evaluated policy; False (no
+    file) when no evaluation has a judge perplexity."""
+    points = [e for e in evals if _finite(e.get("judge_ppl"), e.get("kl_ref"))]
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for e in points:
+        name = e["name"].rpartition("/")[2]
+        ax.plot(e["kl_ref"], e["judge_ppl"], "o", ms=8, color=color_of(name), label=e["name"])
+        ax.annotate(e["name"], (e["kl_ref"], e["judge_ppl"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    for e in points:
+        if baseline_of(e, evals) is e:
+            ax.axhline(e["judge_ppl"], ls="--", lw=1, color="gray")
+    ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
+    ax.set_ylabel("judge perplexity of the completions (lower = more fluent)")
+    ax.set_title("Fluency against KL (dashed: SFT)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_report(
     runs: list[AgentRun], evals: list[dict], out_dir: Path, notes: list[str] | None = None
 ) -> dict:
@@ -251,8 +396,11 @@ def write_report(
     rows = summary_rows(runs)
     plot_frontier(runs, evals, out_dir / "frontier.png")
     has_overopt = plot_overoptimisation(runs, out_dir / "overoptimisation.png")
-    plot_training_curves(runs, out_dir / "training_curves.png")
-    results = {"runs": rows, "evaluations": evals}
+    has_fluency = plot_fluency_vs_kl(evals, out_dir / "fluency_vs_kl.png")
+    if runs:
+        plot_training_curves(runs, out_dir / "training_curves.png")
+    results = {"runs": rows, "evaluations": evals,
+               "failure_thresholds": asdict(FailureThresholds())}  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
     lines = ["# tokenmdp report", ""]
     lines += explain(evals, runs)
@@ -260,15 +408,19 @@ def write_report(
         lines += ["", "## Held-out evaluation", ""]
         lines.append(markdown_table(
             [{**e, "gold_ci": f"[{e['gold_ci'][0]:.3f}, {e['gold_ci'][1]:.3f}]"} for e in evals],
-            [("name", "policy", 0), ("gold_reward", "gold reward", 3), ("gold_ci", "95% CI", 0),
-             ("learned_reward", "learned reward", 3), ("kl_ref", "KL to SFT", 2),
-             ("length", "length", 1), ("n", "prompts", 0)],
+            EVAL_COLUMNS,
         ))  # fmt: skip
-    lines += ["", "## Training runs", "", markdown_table(rows, SUMMARY_COLUMNS), ""]
-    lines += ["![reward-KL frontier](frontier.png)", ""]
+        lines += ["", *EVAL_LEGEND]
+        lines += ["", "## What the reward hides", "", *failure_report(evals, FailureThresholds())]
+    if has_fluency:
+        lines += ["", "![judge perplexity against KL](fluency_vs_kl.png)"]
+    if runs:
+        lines += ["", "## Training runs", "", markdown_table(rows, SUMMARY_COLUMNS)]
+    lines += ["", "![reward-KL frontier](frontier.png)", ""]
     if has_overopt:
         lines += ["![over-optimisation](overoptimisation.png)", ""]
-    lines += ["![training curves](training_curves.png)", ""]
+    if runs:
+        lines += ["![training curves](training_curves.png)", ""]
     samples = [(e["name"], s) for e in evals for s in e.get("samples", [])[:2]]
     if samples:
         lines += ["## Sample completions", ""]
@@ -283,10 +435,10 @@ def explain(evals: list[dict], runs: list[AgentRun]) -> list[str]:
     """The outcome in plain words: who reached what gold reward at what KL, and the gap."""
     if not evals:
         return ["No held-out evaluation was found; the table below summarises the training logs."]
-    base = next((e for e in evals if e["name"] == "sft"), None)
     lines = []
     for e in evals:
-        if e["name"] == "sft":
+        base = baseline_of(e, evals)
+        if base is e:
             continue
         text = f"**{e['name']}** reached a mean gold reward of {e['gold_reward']:.3f} at KL {e['kl_ref']:.2f} from the SFT policy"
         if base is not None:

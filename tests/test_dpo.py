@@ -17,6 +17,7 @@ from agents.common.run import METRICS_FILE, TrainingStopped
 from agents.dpo import DPO, DPOConfig, dpo_loss
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
+from scripts.report import read_scalars
 from tests.interrupt import learn_until_killed
 
 # two pairs: log-ratios chosen [0.5, 0.0], rejected [-0.5, -0.5] → h = [1.0, 0.5]
@@ -165,6 +166,12 @@ def test_evaluation_through_env_logs_gold_and_kl_and_saves_final(
     evals = [h for h in lines if "reward/gold" in h]
     assert [h["step"] for h in evals] == [2, 4]
     assert all(h["kl/ref"] > 0 and 0 <= h["reward/gold"] <= 1 for h in evals)
+    for key in ("eval/distinct_1", "eval/unique_fraction"):  # the cheap text metrics, each eval
+        assert all(0 < h[key] <= 1 for h in evals), key
+    assert all(0 <= h["eval/eos_rate"] <= 1 for h in evals)
+    assert all("eval/distinct_2" not in h for h in evals)  # one-word answers: no bigram
+    scalars, _ = read_scalars(tmp_path / "run")
+    assert [step for step, _ in scalars["eval/distinct_1"]] == [8, 16]
     assert history[-1] == lines[-1]
     model, _ = load_policy(tmp_path / "run" / "final")
     for p, q in zip(model.parameters(), dpo.policy.parameters()):

@@ -13,6 +13,7 @@ import pytest
 from agents.common.logging import RunLogger
 from scripts.compare import main as compare_main
 from scripts.pipeline import Pipeline, PipelineConfig
+from scripts.report import read_scalars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,6 +25,10 @@ def quick_run(tmp_path_factory):
     return out, results
 
 
+def len_vocab(out: Path) -> int:
+    return json.loads((out / "models" / "judge" / "config.json").read_text())["vocab_size"]
+
+
 def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == PNG_MAGIC, path
     image = mpimg.imread(path)
@@ -33,24 +38,32 @@ def assert_png(path: Path) -> None:
 @pytest.mark.slow
 def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     out, results = quick_run
-    for agent in ("ppo-ppo", "reinforce-reinforce", "dpo-dpo", "sft-pretrain"):
+    for agent in ("ppo-ppo", "reinforce-reinforce", "grpo-grpo", "dpo-dpo", "sft-pretrain"):
         events = list((out / "sentiment" / agent).glob("events.out.tfevents.*"))
         assert events, f"no TensorBoard events for {agent}"
         assert json.loads((out / "sentiment" / agent / "config.json").read_text())
     saved = json.loads((out / "results.json").read_text())
     names = [e["name"] for e in saved["evaluations"]]
-    assert names == ["sft", "ppo", "reinforce", "dpo"]
+    assert names == ["sft", "ppo", "reinforce", "grpo", "dpo"]
     for e in saved["evaluations"]:
         assert (
             -1.0 <= e["gold_reward"] <= 1.0
             and e["gold_ci"][0] <= e["gold_reward"] <= e["gold_ci"][1]
         )
         assert e["n"] == 32
+        assert 1 < e["judge_ppl"] < len_vocab(out) and 0 < e["lexicon_fraction"] <= 1
+        for key in ("distinct_1", "distinct_2", "unique_fraction", "self_bleu", "eos_rate"):
+            assert 0 <= e[key] <= 1, (e["name"], key)
     assert saved["evaluations"][0]["kl_ref"] == pytest.approx(0.0, abs=1e-4)  # SFT vs itself
     report = (out / "report.md").read_text()
     assert "reached a mean gold reward of" in report and "frontier.png" in report
-    for png in ("frontier.png", "training_curves.png", "overoptimisation.png"):
+    assert "fluency_vs_kl.png" in report and "Failure thresholds" in report
+    for name in ("ppo", "reinforce", "dpo"):
+        assert f"- **{name}** shows " in report
+    for png in ("frontier.png", "training_curves.png", "overoptimisation.png", "fluency_vs_kl.png"):
         assert_png(out / png)
+    scalars, _ = read_scalars(out / "sentiment" / "ppo-ppo")  # the held-out evaluation's point
+    assert [step for step, _ in scalars["eval/judge_ppl"]] == [scalars["kl/ref"][-1][0]]
     assert results["evaluations"] == saved["evaluations"]
 
 
@@ -62,7 +75,7 @@ def test_rerun_skips_finished_stages(quick_run, capsys):
     (out / "stages" / "evaluate.json").unlink()  # as if the run died during evaluation
     Pipeline(PipelineConfig(out=str(out), quick=True, precision="fp32")).run()
     printed = capsys.readouterr().out
-    for stage in ("sft", "preferences", "reward_model", "ppo", "reinforce", "dpo"):
+    for stage in ("sft", "judge", "preferences", "reward_model", "ppo", "reinforce", "dpo"):
         assert f"== {stage}: done earlier with the same inputs" in printed
     assert "== evaluate: unfinished earlier with the same inputs, resuming" in printed
     assert sft_weights.stat().st_mtime_ns == before
@@ -104,6 +117,7 @@ def recorded_stages(monkeypatch):
 
     for fn, stage, output in [
         ("train_sft", "sft", lambda self: self.agents_dir / "sft-pretrain" / "checkpoint"),
+        ("train_judge", "judge", lambda self: self.judge_dir / "model"),
         ("make_preferences", "preferences", lambda self: self.pairs),
         ("train_reward_model", "reward_model", lambda self: self.rm_dir / "model"),
         ("train_method", None, lambda self, *m: self.method_dir(*m) / "checkpoint"),
@@ -117,7 +131,7 @@ def run_stages(out: Path, **options) -> None:
     Pipeline(PipelineConfig(out=str(out), quick=True, methods="ppo,dpo", **options)).run_stages()
 
 
-ALL_STAGES = ["sft", "preferences", "reward_model", "ppo", "dpo", "evaluate"]
+ALL_STAGES = ["sft", "judge", "preferences", "reward_model", "ppo", "dpo", "evaluate"]
 
 
 def test_same_inputs_reuse_every_stage(recorded_stages, tmp_path, capsys):
@@ -142,6 +156,7 @@ def test_changed_seed_reruns_every_stage_from_scratch(recorded_stages, tmp_path,
     assert recorded_stages[-1][0] == "evaluate"
     printed = capsys.readouterr().out
     assert "== sft: inputs changed (seed 0 → 1), rerunning" in printed
+    assert "== judge: inputs changed (seed 1 → 2), rerunning" in printed
     assert "== ppo: inputs changed (sft changed, reward_model changed, seed 0 → 1)" in printed
 
 
@@ -152,7 +167,7 @@ def test_changed_betas_rerun_only_methods_and_evaluate(recorded_stages, tmp_path
     run_stages(tmp_path, betas="0.1,0.2")
     assert [stage for stage, _ in recorded_stages] == ["ppo-beta0.2", "dpo-beta0.2", "evaluate"]
     printed = capsys.readouterr().out
-    for stage in ("sft", "preferences", "reward_model", "ppo-beta0.1", "dpo-beta0.1"):
+    for stage in ("sft", "judge", "preferences", "reward_model", "ppo-beta0.1", "dpo-beta0.1"):
         assert f"== {stage}: done earlier with the same inputs" in printed
     assert "== evaluate: inputs changed (ppo-beta0.2 changed, dpo-beta0.2 changed)" in printed
 
@@ -172,3 +187,18 @@ def test_unfinished_stage_resumes_only_with_the_same_inputs(
         else "inputs changed (sft changed, reward_model changed, seed 0 → 1), rerunning"
     )
     assert f"== ppo: {expected}\n" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_arithmetic_pipeline_is_rl_from_verifiable_rewards(tmp_path):
+    """--task arithmetic: no reward model stage, RL against the verifier, pass@k reported."""
+    out = tmp_path / "arith"
+    Pipeline(PipelineConfig(out=str(out), quick=True, task="arithmetic")).run()
+    stages = {p.stem for p in (out / "stages").glob("*.json") if ".inputs" not in p.name}
+    assert "reward_model" not in stages and {"ppo", "reinforce", "grpo", "dpo"} <= stages
+    evals = json.loads((out / "results.json").read_text())["evaluations"]
+    for e in evals:
+        assert e["pass_k"] == 4 and e["gold_reward"] <= e["pass_at_k"] <= 1.0
+        assert "learned_reward" not in e
+    config = json.loads((out / "arithmetic" / "grpo-grpo" / "run.json").read_text())
+    assert config["agent"] == "grpo"

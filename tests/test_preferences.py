@@ -78,3 +78,15 @@ def test_noisy_labels_sometimes_prefer_the_lower_gold(tiny_policy, arithmetic_to
 def test_bad_preference_options_are_named(field, value, message):
     with pytest.raises((ValueError, TypeError), match=message):
         PreferenceConfig(**{field: value})
+
+
+def test_skip_ties_drops_pairs_with_equal_gold():
+    from agents.preferences import label_pairs
+
+    prompts = ["1+1="] * 4
+    completions = ["2", "3", "4", "5"]
+    gold = np.array([1.0, 0.0, 0.0, 0.0])  # one right answer among four samples
+    config = PreferenceConfig(num_prompts=1, k=4, label_temperature=0.0, skip_ties=True)
+    rows, skipped = label_pairs(prompts, completions, gold, config, np.random.default_rng(0))
+    assert skipped == 3 and len(rows) == 3  # of 6 pairs, the 3 wrong-vs-wrong ones are ties
+    assert all(r["chosen"] == "2" and r["chosen_gold"] == 1.0 for r in rows)

@@ -21,6 +21,7 @@ from scripts import (
     cli,
     compare,
     dpo,
+    evaluate,
     grpo,
     pipeline,
     ppo,
@@ -93,6 +94,68 @@ def test_online_clis(trained, tmp_path, capsys, main, sizes):
           "--precision", "fp32", *sizes])  # fmt: skip
     assert "\ndone: {" in capsys.readouterr().out
     assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+def test_evaluate_cli(trained, tmp_path, capsys):
+    policy = str(trained / "policy")
+    evaluate.main([policy, f"again={policy}", *TASK, "--reference", policy, "--judge", policy,
+                   "--reward-model", str(trained / "rm"), "--prompts", "8", "--num-envs", "4",
+                   "--out", str(tmp_path / "given")])  # fmt: skip
+    assert "| judge ppl |" in capsys.readouterr().out
+    results = json.loads((tmp_path / "given" / "results.json").read_text())
+    evals = results["evaluations"]
+    assert [e["name"] for e in evals] == ["reference", "policy", "again"]
+    assert evals[1]["samples"] == evals[2]["samples"]  # the same prompts and seed
+    for e in evals:
+        assert e["n"] == 8 and math.isfinite(e["learned_reward"])
+        assert 1 < e["judge_ppl"] < 1e4 and 0 <= e["lexicon_fraction"] <= 1
+    report = (tmp_path / "given" / "report.md").read_text()
+    assert "- **policy** shows " in report and "Failure thresholds" in report
+    assert (tmp_path / "given" / "fluency_vs_kl.png").is_file()
+    # without --judge, one is pre-trained on the task corpus into OUT/judge
+    cli.main(["evaluate", policy, *TASK, "--judge-steps", "2", "--prompts", "4", "--num-envs", "4",
+              "--out", str(tmp_path / "trained")])  # fmt: skip
+    (e,) = json.loads((tmp_path / "trained" / "results.json").read_text())["evaluations"]
+    assert (tmp_path / "trained" / "judge" / "config.json").is_file()
+    assert math.isfinite(e["judge_ppl"]) and e["kl_ref"] == 0.0
+
+
+def test_compare_evaluate_runs_final_policies_through_the_suite(trained, tmp_path, capsys):
+    import shutil
+
+    from agents.common.logging import RunLogger
+
+    for name in ("ppo-a", "dpo-b"):
+        run = tmp_path / "runs" / "arithmetic" / name
+        RunLogger(run, {"agent": name}).close()
+        shutil.copytree(trained / "policy", run / "final")
+    RunLogger(tmp_path / "runs" / "arithmetic" / "ppo-unfinished", {}).close()
+    policy = str(trained / "policy")
+    compare.main([str(tmp_path / "runs"), "--evaluate", *TASK, "--reference", policy,
+                  "--judge", policy, "--prompts", "4", "--num-envs", "4",
+                  "--out", str(tmp_path / "cmp")])  # fmt: skip
+    evals = json.loads((tmp_path / "cmp" / "results.json").read_text())["evaluations"]
+    assert [e["name"] for e in evals] == ["reference", "dpo-b", "ppo-a"]
+    assert evals[1]["samples"] == evals[2]["samples"] and math.isfinite(evals[1]["judge_ppl"])
+    assert "- **ppo-a** shows " in (tmp_path / "cmp" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}/nothing"], "policy 'nothing': '{tmp}/nothing' is not a save_pretrained directory"),
+        (["{policy}", "--judge-steps", "-1"], "--judge-steps -1: must be >= 0"),
+        (["{policy}", "--prompts", "0"], "prompts must be an integer >= 1, got 0"),
+        (["{policy}", "{policy}"], "policy names repeat (policy, policy)"),
+    ],
+)
+def test_evaluate_rejects_bad_options(trained, tmp_path, capsys, argv, message):
+    values = {"tmp": tmp_path, "policy": trained / "policy"}
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([a.format(**values) for a in argv] + TASK + ["--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert message.format(**values) in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_help_and_demo(capsys):
@@ -224,6 +287,7 @@ def test_json_options_are_checked_by_argparse(main, option, value, tmp_path, cap
         (reinforce.main, ["--runs-root", "{bad}"], "--run-dir"),
         (sb3_baseline.main, ["--run-dir", "{bad}"], "--run-dir"),
         (compare.main, ["{tmp}", "--out", "{bad}"], "--out"),
+        (evaluate.main, ["{tmp}", "--out", "{bad}"], "--out"),
         (pipeline.main, ["--out", "{bad}"], "--out"),
     ],
     ids=script,

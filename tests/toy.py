@@ -1,50 +1,21 @@
-"""An enumerable toy token MDP: one prompt, completions of 1–2 tokens over an 8-token vocabulary,
-known rewards; helpers computing π(y) exactly and the closed-form KL-regularised optimum."""
+"""The enumerable toy MDP (``llm_env.tasks.toy``) and helpers computing π(y) exactly and the
+closed-form KL-regularised optimum."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import torch
 
 from llm_env.tasks import Task
-from llm_env.tokenizer import train_tokenizer
+from llm_env.tasks.toy import (  # noqa: F401  (re-exported for the tests)
+    PROMPT,
+    TOY_REWARDS,
+    completions,
+    toy_env_kwargs,
+    toy_reward,
+    toy_task,
+)
 from llm_env.vector import TokenMDPVectorEnv
-from reward_models.base import FunctionRewardModel
-
-PROMPT = "a"
-TOY_REWARDS = {"b": 1.0, "c": 0.5, "bd": 1.5, "cc": 1.0}
-
-
-def toy_reward(prompts, completions):
-    return [TOY_REWARDS.get(c, 0.0) for c in completions]
-
-
-def toy_task(max_new_tokens: int) -> Task:
-    tokenizer = train_tokenizer(["abcd"], vocab_size=8)
-    return Task(
-        name="toy",
-        train_prompts=(PROMPT,),
-        eval_prompts=(PROMPT,),
-        demonstrations=(),
-        gold_reward=None,
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=4,
-        make_tokenizer=lambda: tokenizer,
-    )
-
-
-def toy_env_kwargs(task: Task) -> dict:
-    return {"task": task, "reward_model": FunctionRewardModel(toy_reward, "toy")}
-
-
-def completions(vocab: int, eos: int, max_new_tokens: int) -> list[tuple[int, ...]]:
-    """Every token sequence the MDP can produce (EOS ends a sequence early)."""
-    seqs = [(t,) for t in range(vocab)] if max_new_tokens == 1 else []
-    if max_new_tokens == 2:
-        seqs = [(eos,)] + [(a, b) for a, b in itertools.product(range(vocab), repeat=2) if a != eos]
-    return seqs
 
 
 def rewards_of(task: Task, seqs: list[tuple[int, ...]]) -> np.ndarray:

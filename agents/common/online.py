@@ -220,6 +220,32 @@ def update_kl_controller(agent, metrics: dict[str, float]) -> None:
     agent.kl_ctl.update(kl, agent.config.batch_size)
 
 
+class PromptBudget:
+    """What every online agent's run is measured in (mixed into PPO, REINFORCE, GRPO before
+    ``Agent``): ``batch_size`` prompts per iteration until ``total_prompts``, the x-axis
+    counting prompts, and the KL controller's β carried through checkpoints."""
+
+    def learn(self, total_prompts: int | None = None, callback=None) -> list[dict[str, float]]:
+        """Train until ``total_prompts`` prompts (default ``config.total_prompts``) are consumed
+        (Stable-Baselines3's ``learn(total_timesteps, callback)``)."""
+        if total_prompts is not None:
+            online_steps(total_prompts, self.config.batch_size)  # validates it
+            self.total_prompts = total_prompts
+        return super().learn(callback)
+
+    def _num_steps(self) -> int:
+        return online_steps(self.total_prompts, self.config.batch_size)
+
+    def _step_size(self, step: int) -> int:
+        return self.config.batch_size
+
+    def _state(self) -> dict:
+        return {"kl_controller": self.kl_ctl.state_dict()}
+
+    def _load_state(self, state: dict) -> None:
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+
+
 def online_steps(total_prompts: int, batch_size: int) -> int:
     """Iterations to consume ``total_prompts`` prompts, ``batch_size`` per iteration."""
     check_positive("total_prompts", total_prompts)

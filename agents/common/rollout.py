@@ -175,24 +175,24 @@ class Outcomes:
         self.process: torch.Tensor | None = None
         self.max_new = max_new
 
-    def fields(self, T: int, device: torch.device) -> dict:
-        """``Rollout`` fields: ``rewards`` (each episode's outcome plus every process reward),
-        ``gold_rewards``, ``completions``, ``finish_reasons``, (B, T) ``process_rewards``."""
-        rewards, process = self.rewards.to(device), None
-        if self.process is not None:
-            process = self.process[:, :T].to(device)
-            rewards = rewards + process.sum(-1)
-        return {"rewards": rewards, "gold_rewards": self.gold.to(device),
-                "completions": self.completions, "finish_reasons": self.reasons,
-                "process_rewards": process}  # fmt: skip
-
-    def record(self, t: int, rewards: np.ndarray, done: np.ndarray, info: dict) -> None:
-        """Step ``t``: the process rewards paid (if any) and the episodes that ``done``."""
+    def record_process(self, t: int, info: dict) -> None:
+        """Token ``t``'s process rewards (0 for the sequences that did not step)."""
         if "process_reward" in info:
             if self.process is None:
                 self.process = torch.zeros((len(self.rewards), self.max_new))
             stepped = torch.from_numpy(info["_process_reward"])
             self.process[:, t] = torch.from_numpy(info["process_reward"]).float() * stepped
+
+    def totals(self, T: int, device) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(B, T) process rewards (None without a PRM) and each episode's total reward."""
+        if self.process is None:
+            return None, self.rewards.to(device)
+        process = self.process[:, :T].to(device)
+        return process, self.rewards.to(device) + process.sum(-1)
+
+    def record(self, t: int, rewards: np.ndarray, done: np.ndarray, info: dict) -> None:
+        """Step ``t``'s process rewards, and the outcome of the episodes ``done`` ended."""
+        self.record_process(t, info)
         outcome = info.get("outcome_reward", rewards)  # with process rewards: the outcome alone
         for i in np.flatnonzero(done):
             self.rewards[i] = float(outcome[i])
@@ -246,21 +246,19 @@ def rollout(
     group_size: int = 1,
     prefixes: list[list[int]] | None = None,
 ) -> Rollout:
-    """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt;
-    ``group_size`` G says that consecutive runs of G prompts are the same prompt's samples;
-    ``prefixes`` (token ids per prompt) start each episode part-way (the rollout's prompt
-    columns then hold prompt + prefix, its completion columns the new tokens only)."""
+    """Reset ``env`` (B prompts, drawn or given) and sample one completion per prompt.
+
+    ``group_size`` G: consecutive runs of G prompts are one prompt's samples; ``prefixes``
+    (token ids per prompt) start episodes part-way (prompt columns: prompt + prefix)."""
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("rollouts need a lockstep env: autoreset_mode='disabled'")
     was_training = model.training
-    model.eval()
-    pad_id, device = env.tokenizer.pad_token_id, model_device(model)
-    prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device, prefixes)
-    B, width = prompt_ids.shape
+    pad_id, device = env.tokenizer.pad_token_id, model_device(model.eval())
     max_new = env.setup.max_new_tokens
+    prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device, prefixes)
+    (B, width), outcomes = prompt_ids.shape, Outcomes(len(prompt_ids), max_new)
     tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((B, max_new), dtype=torch.float32, device=device)
-    outcomes = Outcomes(B, max_new)
     attention = torch.cat([prompt_mask, prompt_mask.new_zeros((B, max_new))], dim=1)
     positions = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
     out = forward_step(
@@ -282,13 +280,18 @@ def rollout(
         out = forward_step(model, new[:, None], mask, positions, precision, output_cache(out))
     model.train(was_training)
     T = t + 1
+    process, rewards = outcomes.totals(T, device)
     return Rollout(
         input_ids=torch.cat([prompt_ids, tokens[:, :T]], dim=1),
         attention_mask=attention[:, : width + T],
         prompt_width=width,
         completion_mask=attention[:, width : width + T].float(),
         logprobs=logprobs[:, :T],
+        rewards=rewards,
+        gold_rewards=outcomes.gold.to(device),
         prompts=[str(p) for p in info["prompt"]],
+        completions=outcomes.completions,
+        finish_reasons=outcomes.reasons,
         group_size=group_size,
-        **outcomes.fields(T, device),
+        process_rewards=process,
     )
