@@ -2,8 +2,9 @@
 (three single-digit terms: ``"6+7+9="`` answered ``"6+7=13;13+9=22"``), writing ``report.md``,
 ``results.json`` and ``pass1.png`` into ``--out``.
 
-From one SFT policy (a tiny GPT-2 pre-trained briefly on the demonstrations), with the same prompt
-budget, hyper-parameters and seeds:
+From one SFT policy (a tiny GPT-2 pre-trained briefly on the demonstrations), with the same
+budget (completions trained on: one per prompt for PPO, G per prompt for GRPO, which thus sees
+1/G of the prompts), hyper-parameters and seeds:
 
 - ``ppo_outcome``: PPO, outcome reward only (1 iff the final answer is right);
 - ``ppo_gold_process``: + the gold step checker (``arithmetic_chain_steps``) as potential-based
@@ -76,7 +77,7 @@ class Budget:
 DEFAULT = Budget(
     model={"n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 64}, sft_steps=200,
     prm_prompts=1024, prm_samples=2, prm_epochs=4.0, dpo_prompts=512, dpo_epochs=2.0,
-    rl_prompts=1024, rl_batch=32, eval_every=4, eval_repeats=2, mc_values=4, group_size=4,
+    rl_prompts=4096, rl_batch=64, eval_every=8, eval_repeats=4, mc_values=4, group_size=4,
 )  # fmt: skip
 QUICK = Budget(
     model={"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 64}, sft_steps=10,
@@ -91,24 +92,24 @@ class StudyConfig:
 
     out: str = "runs/process_study"
     """Output directory: models, agents' runs, report.md, results.json, pass1.png."""
-    seeds: str = "0"
+    seeds: str = "0,1"
     """Comma-separated seeds of the RL runs (the SFT, PRM and DPO stages use the first)."""
     methods: str = ",".join(METHODS)
     """Comma-separated methods to compare."""
     quick: bool = False
     """A miniature study for smoke tests (well under a minute)."""
     prompt_budget: int = 0
-    """Prompts per RL run (0 = the default for the mode)."""
+    """Completions each RL run trains on (PPO: prompts; GRPO: prompts × G); 0 = the mode's."""
     prm_labels: str = "gold"
     """Step labels of the PRM's data: gold (the task's checker) | rollouts (Math-Shepherd)."""
     beta: float = 0.02
     """KL coefficient of every PPO run (GRPO: its k3 term in the loss)."""
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-5
     """AdamW learning rate of every RL run (policy and critic)."""
     dpo_beta: float = 0.1
     """β of the DPO run, and of the implicit PRM built from it."""
-    threads: int = 0
-    """Torch threads (0 = every core)."""
+    threads: int = 1
+    """Torch threads (0 = every core; the tiny models gain little from more than one)."""
 
     def __post_init__(self) -> None:
         seeds = self.seeds.split(",")
@@ -161,16 +162,17 @@ class Evaluator:
 
 
 class EvalPoints(BaseCallback):
-    """Evaluates the agent's policy every ``every`` iterations and at the end."""
+    """Evaluates the agent's policy every ``every`` iterations and at the end; x = completions
+    trained on (prompts consumed × ``per_prompt`` samples of each)."""
 
-    def __init__(self, evaluator: Evaluator, every: int):
+    def __init__(self, evaluator: Evaluator, every: int, per_prompt: int = 1):
         super().__init__()
-        self.evaluator, self.every, self.points = evaluator, every, []
+        self.evaluator, self.every, self.per_prompt, self.points = evaluator, every, per_prompt, []
 
     def _record(self) -> None:
-        self.points.append(
-            {"prompts": int(self.model.num_timesteps), **self.evaluator(self.model.policy)}
-        )
+        x = int(self.model.num_timesteps) * self.per_prompt
+        if not self.points or self.points[-1]["completions"] != x:
+            self.points.append({"completions": x, **self.evaluator(self.model.policy)})
 
     def _on_step(self) -> bool:
         if self.n_calls % self.every == 0:
@@ -178,8 +180,7 @@ class EvalPoints(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        if not self.points or self.points[-1]["prompts"] != self.model.num_timesteps:
-            self._record()
+        self._record()
 
 
 class Study:
@@ -193,6 +194,7 @@ class Study:
         self.out = Path(config.out)
         self.models, self.runs = self.out / "models", self.out / "runs"
         self.seed = config.seed_list[0]
+        self.heldout_rows: list[dict] = []  # the PRM's held-out rows, to rank steps on
         self.results: dict = {"config": dataclasses.asdict(config),
                               "budget": dataclasses.asdict(self.budget), "runs": []}  # fmt: skip
 
@@ -224,8 +226,8 @@ class Study:
             "labels": self.config.prm_labels, "rows": len(rows),
             **{k.split("/")[1]: last[k] for k in ("prm/step_accuracy", "prm/bad_step_accuracy",
                                                    "prm/good_fraction")},
-            "heldout_rows": [rows[i] for i in trainer.heldout_idx],
         }  # fmt: skip
+        self.heldout_rows = [rows[i] for i in trainer.heldout_idx]
         return trainer.save(self.models / "prm")
 
     def train_dpo(self, sft: Path) -> str:
@@ -265,9 +267,11 @@ class Study:
         optim = OptimConfig(learning_rate=self.config.learning_rate, warmup_steps=5)
         common = dict(seed=seed, total_prompts=b.rl_prompts, precision="fp32", log_every=1,
                       save_every=0, optim=optim)  # fmt: skip
-        if method == "grpo":
-            config = GRPOConfig(**common, batch_size=b.rl_batch, group_size=b.group_size,
-                                minibatch_size=b.rl_batch * b.group_size // 2,
+        if method == "grpo":  # G samples of rl_batch / G prompts: PPO's completions per step
+            G = b.group_size
+            common["total_prompts"] = b.rl_prompts // G
+            config = GRPOConfig(**common, batch_size=b.rl_batch // G, group_size=G,
+                                minibatch_size=b.rl_batch // 2,
                                 kl=KLConfig(beta=self.config.beta, kl_estimator="k3"))  # fmt: skip
             return GRPO(sft, None, CHAIN, config, run_dir)
         env_kwargs = dict(CHAIN)
@@ -282,14 +286,14 @@ class Study:
 
     def train(self, method: str, seed: int, sft: Path, extras: dict, evaluator: Evaluator) -> dict:
         agent = self.agent(method, seed, sft, extras)
-        points = EvalPoints(evaluator, self.budget.eval_every)
+        per_prompt = self.budget.group_size if method == "grpo" else 1
+        points = EvalPoints(evaluator, self.budget.eval_every, per_prompt)
         tic = time.perf_counter()
         history = agent.learn(callback=points)
         seconds = time.perf_counter() - tic
-        samples = agent.num_timesteps * (self.budget.group_size if method == "grpo" else 1)
         branches = sum(h.get("value/mc_states", 0.0) for h in history) * self.budget.mc_values
         return {"method": method, "seed": seed, "points": points.points, "seconds": seconds,
-                "rollouts": samples + int(branches)}  # fmt: skip
+                "rollouts": agent.num_timesteps * per_prompt + int(branches)}  # fmt: skip
 
     def run(self) -> dict:
         methods, started = self.config.method_list, time.perf_counter()
@@ -302,42 +306,50 @@ class Study:
         if "ppo_implicit" in methods:
             self.log("dpo (the implicit PRM)")
             extras["implicit"] = self.train_dpo(sft)
-            if "prm" in self.results:
-                self.results["implicit"]["step_accuracy"] = implicit_step_accuracy(
-                    extras["implicit"], self.results["prm"]["heldout_rows"]
-                )
+        for name, spec in extras.items():  # how each ranks the PRM's held-out steps
+            if self.heldout_rows:
+                self.results[name]["step_auc"] = step_auc(*step_scores(spec, self.heldout_rows))
         evaluator = Evaluator(sft, self.budget.eval_repeats)
-        self.results["sft"] = {"prompts": 0, **evaluator(evaluator.ref)}
+        self.results["sft"] = {"completions": 0, **evaluator(evaluator.ref)}
         for seed in self.config.seed_list:
             for method in methods:
                 self.log(f"{method}, seed {seed}")
                 self.results["runs"].append(self.train(method, seed, sft, extras, evaluator))
         self.results["seconds"] = time.perf_counter() - started
-        self.results.get("prm", {}).pop("heldout_rows", None)
         write_report(self.results, self.out)
         return self.results
 
 
-def implicit_step_accuracy(spec: str, rows: list[dict]) -> float:
-    """How often the sign of a step's implicit reward (the change of β·Σ log π_DPO/π_SFT over
-    the step's tokens) agrees with its label: the implicit PRM read as a step classifier."""
+def step_scores(spec: str, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(score, label) of every step of ``rows``: a learned PRM's P(correct), or an implicit
+    PRM's reward of the step's own tokens (its score's change over the step)."""
     from reward_models import load_reward_model
 
     model = load_reward_model(spec)
-    prompts, texts, owners = [], [], []
-    for r, row in enumerate(rows):
-        for k in range(len(row["completions"]) + 1):
-            prompts.append(row["prompt"])
-            texts.append("".join(step + ";" for step in row["completions"][:k]))
-            owners.append(r)
-    scores = model.score(prompts, texts) if texts else np.zeros(0)
-    right, start = [], 0
+    labels = np.array([v for row in rows for v in row["labels"]], dtype=bool)
+    if hasattr(model, "step_probabilities"):
+        probs = model.step_probabilities(
+            [r["prompt"] for r in rows], [r["completions"] for r in rows]
+        )
+        return np.concatenate(probs), labels
+    prompts = [r["prompt"] for r in rows for _ in range(len(r["completions"]) + 1)]
+    texts = ["".join(s + ";" for s in r["completions"][:k]) for r in rows
+             for k in range(len(r["completions"]) + 1)]  # fmt: skip
+    scores, gains, start = model.score(prompts, texts), [], 0
     for row in rows:
         n = len(row["completions"])
-        gains = np.diff(scores[start : start + n + 1])
-        right += [(g > 0) == label for g, label in zip(gains, row["labels"])]
+        gains.append(np.diff(scores[start : start + n + 1]))
         start += n + 1
-    return float(np.mean(right)) if right else float("nan")
+    return np.concatenate(gains), labels
+
+
+def step_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(a correct step scores above a wrong one), ties counting half: how well a scorer ranks
+    steps, whatever its scale (0.5 = chance)."""
+    good, bad = scores[labels][:, None], scores[~labels][None, :]
+    if good.size == 0 or bad.size == 0:
+        return float("nan")
+    return float((good > bad).mean() + 0.5 * (good == bad).mean())
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -365,8 +377,18 @@ def summarise(results: dict) -> list[dict]:
     return rows
 
 
+def mean_curve(runs: list[dict], sft: dict) -> tuple[list[float], list[float], list[float]]:
+    """(completions, pass@1, KL) of the SFT point and each evaluation point, averaged over the
+    seeds' runs (which share their evaluation points)."""
+    points = [[sft, *r["points"]] for r in runs]
+    n = min(len(p) for p in points)
+    mean = lambda key: [float(np.mean([p[i][key] for p in points])) for i in range(n)]  # noqa: E731
+    return mean("completions"), mean("pass1"), mean("kl")
+
+
 def plot(results: dict, path: Path) -> None:
-    """Pass@1 against prompts consumed and against KL to the SFT policy, per method and seed."""
+    """Pass@1 against completions trained on (each seed thin, their mean bold) and the seeds'
+    mean pass@1 against their mean KL to the SFT policy, per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,19 +398,26 @@ def plot(results: dict, path: Path) -> None:
     colors = dict(zip(METHODS, ["tab:blue", "tab:purple", "tab:orange", "tab:green", "tab:red",
                                 "tab:gray"]))  # fmt: skip
     sft = results["sft"]
-    for run in results["runs"]:
-        points = [sft] + run["points"]
-        label = run["method"] if run["seed"] == results["runs"][0]["seed"] else None
-        style = dict(color=colors[run["method"]], alpha=0.8, label=label, marker=".")
-        left.plot([p["prompts"] for p in points], [p["pass1"] for p in points], **style)
-        right.plot([p["kl"] for p in points], [p["pass1"] for p in points], **style)
-    left.set_xlabel("prompts consumed")
-    right.set_xlabel("KL(π ‖ π_SFT) per completion [nats]")
+    for method in METHODS:
+        runs = [r for r in results["runs"] if r["method"] == method]
+        if not runs:
+            continue
+        for run in runs:
+            points = [sft, *run["points"]]
+            left.plot([p["completions"] for p in points], [p["pass1"] for p in points],
+                      color=colors[method], alpha=0.25, lw=0.8)  # fmt: skip
+        x, pass1, kl = mean_curve(runs, sft)
+        left.plot(x, pass1, ".-", color=colors[method], lw=2, label=method)
+        right.plot(kl, pass1, ".-", color=colors[method], lw=1.5, label=method)
+        right.plot(kl[-1], pass1[-1], "o", ms=9, color=colors[method])
+    left.set_xlabel("completions trained on (prompts consumed; GRPO: × G)")
+    right.set_xlabel("KL(π ‖ π_SFT) per completion [nats] (big dot: the end)")
     for ax in (left, right):
         ax.set_ylabel("pass@1 (held-out prompts)")
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
-    fig.suptitle("arithmetic_chain: outcome-only vs process rewards (SFT at 0 prompts / KL 0)")
+    seeds = results["config"]["seeds"]
+    fig.suptitle(f"arithmetic_chain, seeds {seeds} (bold: their mean; SFT at 0 / KL 0)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -406,8 +435,9 @@ def write_report(results: dict, out: Path) -> None:
         "# Process rewards on arithmetic_chain",
         "",
         f"SFT policy: pass@1 {sft['pass1']:.3f} (95% CI {sft['pass1_ci'][0]:.3f}–"
-        f"{sft['pass1_ci'][1]:.3f}). Every RL run: {b['rl_prompts']} prompts, batch "
-        f"{b['rl_batch']}, seeds {seeds}; pass@1 on the held-out prompts ({b['eval_repeats']} "
+        f"{sft['pass1_ci'][1]:.3f}). Every RL run trains on {b['rl_prompts']} completions, "
+        f"{b['rl_batch']} per iteration (PPO: one per prompt; GRPO: {b['group_size']} per "
+        f"prompt), seeds {seeds}; pass@1 on the held-out prompts ({b['eval_repeats']} "
         "sample(s) each), KL = k1 to the SFT policy per completion.",
         "",
         "| method | pass@1 (final) | ± sd over seeds | 95% CI (first seed) | mean pass@1 over "
@@ -425,13 +455,13 @@ def write_report(results: dict, out: Path) -> None:
         p = results["prm"]
         lines.append(f"PRM ({p['labels']} labels, {p['rows']} rows): held-out step accuracy "
                      f"{p['step_accuracy']:.3f} (on steps labelled wrong: "
-                     f"{p['bad_step_accuracy']:.3f}; good steps {p['good_fraction']:.3f}).")  # fmt: skip
+                     f"{p['bad_step_accuracy']:.3f}; good steps {p['good_fraction']:.3f}), "
+                     f"step AUC {p.get('step_auc', float('nan')):.3f}.")  # fmt: skip
     if "implicit" in results:
         i = results["implicit"]
-        accuracy = i.get("step_accuracy")
-        lines.append(f"Implicit PRM (DPO, β = {i['beta']}, {i['pairs']} right-vs-wrong pairs)"
-                     + (f": sign of the step's implicit reward agrees with the gold label on "
-                        f"{accuracy:.3f} of the PRM's held-out steps." if accuracy else "."))  # fmt: skip
+        lines.append(f"Implicit PRM (DPO, β = {i['beta']}, {i['pairs']} right-vs-wrong pairs): "
+                     f"step AUC {i.get('step_auc', float('nan')):.3f} on the PRM's held-out "
+                     "steps (the reward of a step's own tokens; 0.5 = chance).")  # fmt: skip
     lines += ["", f"Total time: {results['seconds']:.0f} s.", "", "![pass@1](pass1.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
 

@@ -4,13 +4,16 @@ JSONL file) and ``tokenmdp process-study --quick``, and their bad options."""
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
 import llm_env
 from reward_models import load_reward_model
 from scripts import cli
+from scripts.process_study import step_auc
 
 TASK = ["--task", "arithmetic_chain", "--task-kwargs", '{"num_terms": 3, "max_operand": 9}']
 
@@ -76,7 +79,7 @@ def test_process_study_quick_outcome_and_vineppo(tmp_path, capsys):
     assert set(runs) == {(m, s) for m in ("ppo_outcome", "vineppo") for s in (0, 1)}
     budget = results["budget"]["rl_prompts"]
     for run in runs.values():
-        assert [p["prompts"] for p in run["points"]][-1] == budget
+        assert [p["completions"] for p in run["points"]][-1] == budget
         assert all(0.0 <= p["pass1"] <= 1.0 for p in run["points"])
     assert runs["vineppo", 0]["rollouts"] > runs["ppo_outcome", 0]["rollouts"] == budget
     report = (tmp_path / "report.md").read_text()
@@ -93,7 +96,16 @@ def test_process_study_quick_runs_every_method(tmp_path):
     ]  # fmt: skip
     assert 0.0 <= results["prm"]["step_accuracy"] <= 1.0
     assert results["implicit"]["beta"] == 0.1
+    for scorer in ("prm", "implicit"):  # NaN only if the held-out steps are all of one label
+        assert 0.0 <= results[scorer]["step_auc"] <= 1.0 or math.isnan(results[scorer]["step_auc"])
     assert (tmp_path / "models" / "prm" / "prm.json").is_file()
+
+
+def test_step_auc_by_hand():
+    scores, labels = np.array([0.9, 0.2, 0.6, 0.6]), np.array([True, False, True, False])
+    # correct {0.9, 0.6} vs wrong {0.2, 0.6}: 3 pairs ranked right, one tie → (3 + 0.5) / 4
+    assert step_auc(scores, labels) == 0.875
+    assert math.isnan(step_auc(scores[:1], labels[:1]))
 
 
 @pytest.mark.parametrize(
