@@ -51,8 +51,19 @@ class PipelineConfig:
 
     out: str = "runs/pipeline"
     """Run directory: agents' TensorBoard events, models, report.md, results.json, plots."""
-    task: str = "sentiment"
-    """Built-in task to run the study on."""
+    task: str = ""
+    """Built-in task to run the study on (empty: sentiment, or your own task with --prompts)."""
+    prompts: str = ""
+    """Your own task: a JSONL file of {"prompt": ...} lines (with --corpus and --gold-reward)."""
+    corpus: str = ""
+    """Your own task's text: a JSONL file of {"text": ...} lines; it trains the tokenizer and
+    pre-trains (SFT) the policy."""
+    gold_reward: str = ""
+    """Your own task's gold reward: a registered name, a saved reward-model directory, or
+    module:callable (a class, an object with score(), or a function f(prompts, completions,
+    **kwargs) -> list[float]); from Python, the function itself."""
+    eval_prompts: str = ""
+    """Your own task's held-out prompts (JSONL like --prompts); default: the training prompts."""
     seed: int = 0
     """Seed for every stage."""
     quick: bool = False
@@ -62,11 +73,15 @@ class PipelineConfig:
     ppo_gold: bool = False
     """Also run PPO against the gold reward directly (no learned reward model)."""
     betas: str = ""
-    """Comma-separated KL coefficients to sweep for every method (empty: each method's default)."""
+    """Comma-separated KL coefficients every method runs at: the points of its frontier (empty:
+    the task's default sweep, 0.03,0.1,0.3 on sentiment and your own task; "default": one run
+    per method at its own default β)."""
     prompt_budget: int = 0
     """Prompts per RL method (DPO: preference pairs consumed); 0 = the default for the mode."""
-    eval_prompts: int = 0
-    """Held-out prompts (with repeats) per evaluated policy; 0 = the default for the mode."""
+    eval_size: int = 0
+    """Held-out completions (prompts cycled) per evaluated policy; 0 = the default for the mode."""
+    best_of_n: int = -1
+    """Largest n of the best-of-n reference curve (a power of two; 0: none; -1: the default)."""
     precision: str = "fp32"
     """Matmul precision for training: fp32, bf16 or auto (bf16 where supported). The tiny default
     models train faster in fp32 on CPU; bf16 pays off for larger models."""
@@ -76,20 +91,75 @@ class PipelineConfig:
         from agents.common.precision import PRECISIONS
         from llm_env.tasks import TASKS
 
-        tasks = sorted(set(TASKS) - {"jsonl"})  # jsonl needs task options the pipeline lacks
-        if self.task not in tasks:
-            raise ValueError(f"--task {self.task!r}: unknown task; choose from {', '.join(tasks)}")
+        self.check_own_task()
+        tasks = sorted(set(TASKS) - {"jsonl"})  # jsonl: through --prompts/--corpus/--gold-reward
+        if self.task not in tasks and not self.prompts:
+            raise ValueError(f"--task {self.task!r}: unknown task; choose from {', '.join(tasks)}"
+                             " (or bring your own with --prompts, --corpus, --gold-reward)")  # fmt: skip
         unknown = [m for m in split_list(self.methods) if m not in METHODS]
         if unknown:
             raise ValueError(f"--methods {self.methods!r}: unknown method {', '.join(unknown)}; "
                              f"choose from {', '.join(METHODS)}")  # fmt: skip
         parse_betas(self.betas)
         for option, value in (("--prompt-budget", self.prompt_budget),
-                              ("--eval-prompts", self.eval_prompts)):  # fmt: skip
+                              ("--eval-size", self.eval_size)):  # fmt: skip
             if value < 0:
                 raise ValueError(f"{option} {value}: must be >= 0 (0 = the default for the mode)")
+        if self.best_of_n not in (-1, 0) and not (
+            self.best_of_n >= 1 and self.best_of_n & (self.best_of_n - 1) == 0
+        ):
+            raise ValueError(f"--best-of-n {self.best_of_n}: must be a power of two (1, 2, 4, "
+                             "…), 0 (no best-of-n curve) or -1 (the default)")  # fmt: skip
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
+
+    def check_own_task(self) -> None:
+        """``--prompts`` needs ``--corpus`` and ``--gold-reward`` and excludes ``--task``; every
+        file is read (a bad row names its file and line) and the gold reward resolved now."""
+        own = {"--prompts": self.prompts, "--corpus": self.corpus,
+               "--gold-reward": self.gold_reward, "--eval-prompts": self.eval_prompts}  # fmt: skip
+        if not self.prompts:
+            given = [option for option, value in own.items() if value]
+            if given:
+                raise ValueError(f"{given[0]} is an option of your own task: give --prompts "
+                                 "(and --corpus, --gold-reward) too")  # fmt: skip
+            self.task = self.task or "sentiment"
+            return
+        missing = [o for o in ("--corpus", "--gold-reward") if not own[o]]
+        if missing:
+            raise ValueError(f"--prompts needs {' and '.join(missing)}: the corpus trains the "
+                             "tokenizer and the policy, the gold reward scores the study")  # fmt: skip
+        if self.task not in ("", "jsonl"):
+            raise ValueError(f"--task {self.task!r} and --prompts: choose a built-in task or "
+                             "your own prompts, not both")  # fmt: skip
+        self.task = "jsonl"
+        from llm_env.tasks import make_task
+        from reward_models import load_reward_model
+
+        make_task("jsonl", **own_task_kwargs(self))
+        load_reward_model(self.gold_reward)
+
+    def task_identity(self) -> dict:
+        """What the stage keys know of your own task: each file's sha256 (a changed file reruns
+        every stage) and the gold reward's name; empty for a built-in task."""
+        if not self.prompts:
+            return {}
+        gold = self.gold_reward
+        if not isinstance(gold, str):  # a Python object: its import path, stable across runs
+            gold = f"{getattr(gold, '__module__', '?')}.{getattr(gold, '__qualname__', type(gold).__name__)}"
+        files = {name: (file_sha256(path) if path else None) for name, path in (
+            ("prompts", self.prompts), ("corpus", self.corpus), ("eval_prompts", self.eval_prompts))}  # fmt: skip
+        return {"files": files, "gold_reward": gold}
+
+
+def own_task_kwargs(config: PipelineConfig) -> dict:
+    """The ``jsonl`` task of ``--prompts/--corpus/--gold-reward/--eval-prompts``."""
+    return {"path": config.prompts, "eval_path": config.eval_prompts or None,
+            "corpus": config.corpus, "gold_reward": config.gold_reward}  # fmt: skip
+
+
+def file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,6 +183,10 @@ class TaskPreset:
     """Held-out samples per prompt; > 1 reports pass@k with k = this."""
     ppo_learning_rate: float | None = None
     """PPO's learning rate (None: PPOConfig's)."""
+    betas: tuple[float, ...] = (0.03, 0.1, 0.3)
+    """The β sweep every method runs at (empty: each method's default β, one run)."""
+    best_of_n: int = 64
+    """Largest n of the best-of-n curve (0: none)."""
 
 
 # Two-digit sums with carries from 500 demonstrations: 600 SFT steps leave pass@1 ≈ 0.43 on
@@ -121,10 +195,11 @@ PRESETS = {
     "arithmetic": TaskPreset(
         {"max_operand": 99, "num_demonstrations": 500}, verifier=True, sft_epochs=1000.0,
         sft_steps=600, pref_k=4, label_temperature=0.0, samples_per_prompt=4,
-        ppo_learning_rate=1e-4,
+        ppo_learning_rate=1e-4, betas=(), best_of_n=16,
     ),
     "arithmetic_chain": TaskPreset(
-        verifier=True, pref_k=4, label_temperature=0.0, samples_per_prompt=4
+        verifier=True, pref_k=4, label_temperature=0.0, samples_per_prompt=4, betas=(),
+        best_of_n=16,
     ),
 }  # fmt: skip
 
@@ -140,6 +215,8 @@ def split_list(text: str) -> list[str]:
 def parse_betas(text: str) -> list[float]:
     """``--betas`` as floats; a ``ValueError`` names the option and the bad item."""
     betas = []
+    if text.strip() == "default":
+        return betas
     for item in split_list(text):
         try:
             beta = float(item)
@@ -190,17 +267,22 @@ class Budget:
     dpo_eval_prompts: int
     eval_prompts: int
     judge_steps: int
+    bon_prompts: int
+    bon_n_max: int
     model: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    """Measured wall time of each kind of stage at these sizes on 2 quiet cores (sentiment):
+    the estimate printed at the start of a run."""
 
 
 DEFAULT = Budget(sft_steps=1000, sft_batch=64, pref_prompts=2048, pref_k=2, rm_epochs=2,
                  rl_prompts=4096, rl_batch=64, dpo_epochs=2, dpo_eval_every=16,
-                 dpo_eval_prompts=64, eval_prompts=512, judge_steps=100,
-                 model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
+                 dpo_eval_prompts=64, eval_prompts=512, judge_steps=100, bon_prompts=64,
+                 bon_n_max=64, model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
 QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,
                rl_prompts=64, rl_batch=16, dpo_epochs=1, dpo_eval_every=1,
-               dpo_eval_prompts=16, eval_prompts=32, judge_steps=10,
-               model={"n_layer": 1, "n_head": 2, "n_embd": 64})  # fmt: skip
+               dpo_eval_prompts=16, eval_prompts=32, judge_steps=10, bon_prompts=8,
+               bon_n_max=8, model={"n_layer": 1, "n_head": 2, "n_embd": 64})  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -234,8 +316,8 @@ class Pipeline:
         self.budget = QUICK if config.quick else DEFAULT
         if config.prompt_budget:
             self.budget = dataclasses.replace(self.budget, rl_prompts=config.prompt_budget)
-        if config.eval_prompts:
-            self.budget = dataclasses.replace(self.budget, eval_prompts=config.eval_prompts)
+        if config.eval_size:
+            self.budget = dataclasses.replace(self.budget, eval_prompts=config.eval_size)
         self.out = Path(config.out)
         self.stages = self.out / "stages"
         self.agents_dir = self.out / config.task
@@ -246,6 +328,10 @@ class Pipeline:
         self.preset = PRESETS.get(config.task, TaskPreset())
         if config.quick:  # the miniature study: quick sizes (single-digit sums on arithmetic)
             self.preset = dataclasses.replace(self.preset, **QUICK_PRESETS.get(config.task, {}))
+        self.task_kwargs = own_task_kwargs(config) if config.prompts else self.preset.task_kwargs
+        n_max = self.preset.best_of_n if config.best_of_n < 0 else config.best_of_n
+        self.bon_n_max = min(n_max, self.budget.bon_n_max) if config.best_of_n < 0 else n_max
+        self.bon_path = self.out / "data" / "best_of_n.json"
         self.keys: dict[str, str] = {}  # stage name -> key, filled as the stages run
 
     # -- stage bookkeeping -----------------------------------------------------------------------
@@ -295,8 +381,12 @@ class Pipeline:
     def methods(self) -> list[tuple[str, str, float | None]]:
         """(agent, run name, beta) for every RL/DPO run of the study."""
         names = split_list(self.config.methods) + (["ppo_gold"] if self.config.ppo_gold else [])
-        betas = parse_betas(self.config.betas) or [None]
-        return [(m, m if b is None else f"{m}-beta{b:g}", b) for m in names for b in betas]
+        betas = parse_betas(self.config.betas)
+        if not betas and self.config.betas.strip() != "default":
+            betas = list(self.preset.betas)
+        return [
+            (m, m if b is None else f"{m}-beta{b:g}", b) for m in names for b in betas or [None]
+        ]
 
     def method_dir(self, agent: str, name: str) -> Path:
         return self.agents_dir / f"{agent.replace('_gold', '')}-{name}"
@@ -305,6 +395,7 @@ class Pipeline:
     def run(self) -> dict:
         """Every stage, then the report on this study's runs (not stale ones in ``--out``)."""
         evals = self.run_stages()
+        bon = json.loads(self.bon_path.read_text()) if self.bon_n_max else None
         from scripts.report import find_agent_runs, markdown_table, write_report
 
         run_dirs = [self.agents_dir / "sft-pretrain", self.agents_dir / "sft-judge"]
@@ -312,7 +403,7 @@ class Pipeline:
             run_dirs.append(self.agents_dir / "rm-bradley_terry")
         run_dirs += [self.method_dir(agent, name) for agent, name, _ in self.methods()]
         runs = find_agent_runs(sorted(run_dirs))
-        results = write_report(runs, evals, self.out)
+        results = write_report(runs, evals, self.out, best_of_n=bon)
         print(markdown_table(
             evals, [("name", "policy", 0), ("gold_reward", "gold", 3),
                     ("learned_reward", "learned", 3), ("kl_ref", "KL", 2), ("length", "len", 1),
@@ -322,14 +413,34 @@ class Pipeline:
         print(f"\nreport: {self.out / 'report.md'}   tensorboard --logdir {self.out}")
         return results
 
+    def estimate(self) -> tuple[float, str]:
+        """Seconds the stages without a finished marker will take, at the measured rates of
+        ``Budget.seconds``, and how that adds up."""
+        cost = self.budget.seconds
+        todo = ["sft", "judge", "preferences"] + ([] if self.preset.verifier else ["reward_model"])
+        todo += ["best_of_n"] if self.bon_n_max else []
+        todo += [name for _, name, _ in self.methods()]
+        todo = [name for name in todo if not (self.stages / f"{name}.json").is_file()]
+        kinds = [name.split("-beta")[0].replace("_gold", "") for name in todo]
+        policies = 1 + len(self.methods())
+        total = sum(cost.get(k, 0.0) for k in kinds) + policies * cost.get("evaluate", 0.0)
+        parts = [f"{k} {cost.get(k, 0.0):.0f}s" + (f" ×{kinds.count(k)}" if kinds.count(k) > 1 else "")
+                 for k in dict.fromkeys(kinds)]  # fmt: skip
+        parts.append(f"evaluate {cost.get('evaluate', 0.0):.0f}s ×{policies}")
+        return total, ", ".join(parts)
+
     def run_stages(self) -> list[dict]:
         """Train and evaluate (each stage keyed by its inputs); the evaluations."""
         from agents.common.policy import set_num_threads
 
         set_num_threads()
+        total, parts = self.estimate()
+        print(f"== estimate: ~{total / 60:.1f} min on 2 quiet cores at the sentiment study's "
+              f"measured rates ({parts}); finished stages are reused")  # fmt: skip
         c, b, preset = self.config, self.budget, self.preset
         sft = {"task": c.task, "seed": c.seed, "precision": c.precision,
                "steps": preset.sft_steps or b.sft_steps, "batch": b.sft_batch, "model": b.model,
+               "own_task": c.task_identity(),
                "preset": {"task_kwargs": preset.task_kwargs, "verifier": preset.verifier,
                           "sft_epochs": preset.sft_epochs, "sft_steps": preset.sft_steps,
                           "pref_k": preset.pref_k, "label_temperature": preset.label_temperature,
@@ -349,6 +460,14 @@ class Pipeline:
             rm_outputs = [self.agents_dir / "rm-bradley_terry", self.rm_dir]
             self.stage("reward_model", rm, self.train_reward_model, rm_outputs,
                        ["sft", "preferences"])  # fmt: skip
+        if self.bon_n_max:
+            bon = {
+                "task": c.task,
+                "seed": c.seed,
+                "prompts": b.bon_prompts,
+                "n_max": self.bon_n_max,
+            }
+            self.stage("best_of_n", bon, self.best_of_n, [self.bon_path], ["sft", *rm_stage])
         for agent, name, beta in self.methods():
             inputs = {"agent": agent, "beta": beta, "task": c.task, "seed": c.seed,
                       "precision": c.precision}  # fmt: skip
@@ -383,9 +502,10 @@ class Pipeline:
             precision=self.config.precision,
             resume=True,
         )
-        task_kwargs = self.preset.task_kwargs
         with measured(run_dir):
-            pretrain_on_task(self.config.task, task_kwargs, out, config, run_dir, self.budget.model)
+            pretrain_on_task(
+                self.config.task, self.task_kwargs, out, config, run_dir, self.budget.model
+            )
         return {"policy": str(out)}
 
     def train_judge(self) -> dict:
@@ -417,9 +537,22 @@ class Pipeline:
             trainer.save(self.rm_dir)
         return {"reward_model": str(self.rm_dir), **metrics}
 
+    def best_of_n(self) -> dict:
+        """Best-of-n from the SFT policy on held-out prompts, selected by the learned reward
+        (if the study has one) and by the gold reward."""
+        from reward_models import load_reward_model
+        from scripts.frontier import best_of_n_curves
+
+        learned = None if self.preset.verifier else load_reward_model(str(self.rm_dir))
+        curves = best_of_n_curves(self.sft_dir, self.env_kwargs(), learned,
+                                  self.budget.bon_prompts, self.bon_n_max, self.config.seed + 1)  # fmt: skip
+        self.bon_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.bon_path, curves)
+        return {"best_of_n": str(self.bon_path)}
+
     def env_kwargs(self, **extra) -> dict:
         """The env of every agent of the study: the task with its preset's options."""
-        return {"task": self.config.task, "task_kwargs": self.preset.task_kwargs, **extra}
+        return {"task": self.config.task, "task_kwargs": self.task_kwargs, **extra}
 
     def train_method(self, agent: str, name: str, beta: float | None) -> dict:
         """Train one method from the SFT policy: DPO on the pairs; PPO / REINFORCE / GRPO
@@ -449,7 +582,7 @@ class Pipeline:
         from agents.reinforce import Reinforce, ReinforceConfig
         from llm_env.tasks import make_task
 
-        gold = make_task(self.config.task, **self.preset.task_kwargs).gold_reward
+        gold = make_task(self.config.task, **self.task_kwargs).gold_reward
         verifier = agent == "ppo_gold" or self.preset.verifier
         env_kwargs = self.env_kwargs(reward_model=gold if verifier else str(self.rm_dir))
         agent_cls, config_cls = {"reinforce": (Reinforce, ReinforceConfig),
@@ -470,7 +603,7 @@ class Pipeline:
         policies = [("sft", self.sft_dir)]
         policies += [(name, self.method_dir(a, name) / "final") for a, name, _ in self.methods()]
         suite = SuiteConfig(
-            task=self.config.task, task_kwargs=self.preset.task_kwargs,
+            task=self.config.task, task_kwargs=self.task_kwargs,
             prompts=self.budget.eval_prompts, seed=self.config.seed + 1,
             samples_per_prompt=self.preset.samples_per_prompt,
         )  # fmt: skip

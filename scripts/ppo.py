@@ -17,6 +17,7 @@ from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.ppo import PPO, PPOConfig
+from llm_env.process import PROCESS_REWARD_MODES
 from scripts.options import config_from_args, json_object, require_writable
 
 
@@ -40,6 +41,19 @@ def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentPars
     io.add_argument(
         "--reward-model", help="load_reward_model spec: a registered name, a Bradley-Terry "
         "directory or 'package.module:callable' (default: the task's gold reward)",
+    )  # fmt: skip
+    io.add_argument(
+        "--process-reward-model", help="dense rewards: a spec of a scorer of the steps so far "
+        "('task' = the task's gold step checker, a PRM directory, 'implicit:DPO_DIR', "
+        "'package.module:callable'), paid on each step's closing token (default: none)",
+    )  # fmt: skip
+    io.add_argument(
+        "--step-boundary", help="the string that closes a step (default: the task's separator)"
+    )
+    io.add_argument(
+        "--process-reward-mode", choices=PROCESS_REWARD_MODES, default="step",
+        help="'step': each step's score on its closing token; 'shaping': potential-based, the "
+        "difference of successive scores (default: step)",
     )  # fmt: skip
     io.add_argument(
         "--max-new-tokens", type=int, help="completion length limit (default: the task's)"
@@ -71,6 +85,14 @@ def run(agent_cls: type, config_cls: type, argv: list[str] | None, doc: str) -> 
         env_kwargs["reward_model"] = args.reward_model
     if args.max_new_tokens is not None:
         env_kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.process_reward_model is not None:
+        env_kwargs |= {"process_reward_model": args.process_reward_model,
+                       "process_reward_mode": args.process_reward_mode}  # fmt: skip
+        if args.step_boundary is not None:
+            env_kwargs["step_boundary"] = args.step_boundary
+    elif args.step_boundary is not None:
+        parser.error("--step-boundary needs --process-reward-model (it marks where dense "
+                     "rewards are paid)")  # fmt: skip
     policy, tokenizer = args.policy, args.tokenizer
     if policy is None:
         import llm_env

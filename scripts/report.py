@@ -171,35 +171,6 @@ def color_of(name: str) -> str:
     return palette[sum(map(ord, name)) % len(palette)]
 
 
-def plot_frontier(runs: list[AgentRun], evals: list[dict], path: Path) -> None:
-    """Gold reward against KL to the reference: training trajectories and final evaluations."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for run in runs:
-        if "kl/ref" not in run.scalars or "reward/gold" not in run.scalars:
-            continue
-        kl = dict(run.scalars["kl/ref"])
-        gold = [(s, v) for s, v in run.scalars["reward/gold"] if s in kl]
-        xs, ys = [kl[s] for s, _ in gold], [v for _, v in gold]
-        color = color_of(run.name)
-        ax.plot(xs, ys, ".-", alpha=0.35, color=color, label=f"{run.label} (training)")
-    for ev in evals:
-        low, high = ev["gold_ci"]
-        y = ev["gold_reward"]
-        ax.errorbar(
-            ev["kl_ref"], y, yerr=[[y - low], [high - y]], fmt="o", ms=8, capsize=4,
-            color=color_of(ev["name"]), label=f"{ev['name']} (final eval)",
-        )  # fmt: skip
-    ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
-    ax.set_ylabel("gold reward (held-out prompts)")
-    ax.set_title("Reward–KL frontier")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot_overoptimisation(runs: list[AgentRun], path: Path) -> bool:
     """Learned (train) vs gold reward over training of each run optimising a learned reward."""
     plt = _pyplot()
@@ -389,17 +360,24 @@ def plot_fluency_vs_kl(evals: list[dict], path: Path) -> bool:
 
 
 def write_report(
-    runs: list[AgentRun], evals: list[dict], out_dir: Path, notes: list[str] | None = None
+    runs: list[AgentRun],
+    evals: list[dict],
+    out_dir: Path,
+    notes: list[str] | None = None,
+    best_of_n: dict | None = None,
 ) -> dict:
-    """Write ``results.json``, ``report.md`` and the PNG plots to ``out_dir``; return results."""
+    """Write ``results.json``, ``report.md`` and the PNG plots to ``out_dir``; return results.
+    ``best_of_n``: the curves of ``scripts.frontier.best_of_n_curves``, drawn on the frontier."""
+    from scripts.frontier import frontier_section
+
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(runs)
-    plot_frontier(runs, evals, out_dir / "frontier.png")
+    frontier_lines, frontier_results = frontier_section(evals, best_of_n, out_dir)
     has_overopt = plot_overoptimisation(runs, out_dir / "overoptimisation.png")
     has_fluency = plot_fluency_vs_kl(evals, out_dir / "fluency_vs_kl.png")
     if runs:
         plot_training_curves(runs, out_dir / "training_curves.png")
-    results = {"runs": rows, "evaluations": evals,
+    results = {"runs": rows, "evaluations": evals, **frontier_results,
                "failure_thresholds": asdict(FailureThresholds())}  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
     lines = ["# tokenmdp report", ""]
@@ -410,13 +388,13 @@ def write_report(
             [{**e, "gold_ci": f"[{e['gold_ci'][0]:.3f}, {e['gold_ci'][1]:.3f}]"} for e in evals],
             EVAL_COLUMNS,
         ))  # fmt: skip
-        lines += ["", *EVAL_LEGEND]
+        lines += ["", *EVAL_LEGEND, "", *frontier_lines]
         lines += ["", "## What the reward hides", "", *failure_report(evals, FailureThresholds())]
     if has_fluency:
         lines += ["", "![judge perplexity against KL](fluency_vs_kl.png)"]
     if runs:
         lines += ["", "## Training runs", "", markdown_table(rows, SUMMARY_COLUMNS)]
-    lines += ["", "![reward-KL frontier](frontier.png)", ""]
+    lines.append("")
     if has_overopt:
         lines += ["![over-optimisation](overoptimisation.png)", ""]
     if runs:

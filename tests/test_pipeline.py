@@ -4,6 +4,8 @@ reused or rerun by their inputs' keys (with the training stages replaced by reco
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +122,7 @@ def recorded_stages(monkeypatch):
         ("train_judge", "judge", lambda self: self.judge_dir / "model"),
         ("make_preferences", "preferences", lambda self: self.pairs),
         ("train_reward_model", "reward_model", lambda self: self.rm_dir / "model"),
+        ("best_of_n", "best_of_n", lambda self: self.bon_path),
         ("train_method", None, lambda self, *m: self.method_dir(*m) / "checkpoint"),
         ("evaluate", "evaluate", lambda self: self.out / "evaluate-did-run"),
     ]:
@@ -128,10 +131,11 @@ def recorded_stages(monkeypatch):
 
 
 def run_stages(out: Path, **options) -> None:
+    options = {"betas": "default", **options}
     Pipeline(PipelineConfig(out=str(out), quick=True, methods="ppo,dpo", **options)).run_stages()
 
 
-ALL_STAGES = ["sft", "judge", "preferences", "reward_model", "ppo", "dpo", "evaluate"]
+ALL_STAGES = ["sft", "judge", "preferences", "reward_model", "best_of_n", "ppo", "dpo", "evaluate"]
 
 
 def test_same_inputs_reuse_every_stage(recorded_stages, tmp_path, capsys):
@@ -202,3 +206,108 @@ def test_quick_arithmetic_pipeline_is_rl_from_verifiable_rewards(tmp_path):
         assert "learned_reward" not in e
     config = json.loads((out / "arithmetic" / "grpo-grpo" / "run.json").read_text())
     assert config["agent"] == "grpo"
+
+
+# -- your own task: prompts, corpus and a plain reward function ---------------------------------
+
+GOLD_MODULE = '''
+def reward(prompts, completions, **kwargs):
+    """TRL's reward-function signature: the share of words that are "good"."""
+    return [c.split().count("good") / max(1, len(c.split())) for c in completions]
+'''
+
+
+def write_own_task(root: Path) -> dict[str, str]:
+    """Small JSONL files and a reward module, as a user would bring them."""
+    import random
+
+    rng = random.Random(0)
+    subjects = ["the film", "the book", "the song", "the play", "the show", "the meal"]
+    words = ["good", "bad", "fine", "dull", "long", "short"]
+    corpus = [f"{rng.choice(subjects)} was {rng.choice(words)} and {rng.choice(words)} ."
+              for _ in range(300)]  # fmt: skip
+    files = {"prompts": subjects[:4], "eval_prompts": subjects[4:], "corpus": corpus}
+    paths = {}
+    for name, rows in files.items():
+        key = "text" if name == "corpus" else "prompt"
+        paths[name] = str(root / f"{name}.jsonl")
+        Path(paths[name]).write_text("".join(json.dumps({key: r}) + "\n" for r in rows))
+    (root / "my_gold.py").write_text(GOLD_MODULE)
+    return paths
+
+
+@pytest.mark.slow
+def test_pipeline_runs_on_your_own_prompts_corpus_and_reward_function(tmp_path, monkeypatch):
+    from llm_env.tokenizer import load_tokenizer
+    from scripts.pipeline import main
+
+    paths = write_own_task(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_gold
+
+    out = tmp_path / "own"
+    main(["--out", str(out), "--quick", "--prompts", paths["prompts"], "--corpus",
+          paths["corpus"], "--gold-reward", "my_gold:reward", "--eval-prompts",
+          paths["eval_prompts"], "--methods", "ppo,dpo", "--betas", "0.1,1"])  # fmt: skip
+    tokenizer = load_tokenizer(out / "models" / "sft")  # trained on the corpus
+    text = "the show was good and dull ."
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"]
+    results = json.loads((out / "results.json").read_text())
+    evals = results["evaluations"]
+    assert [e["name"] for e in evals] == ["sft", "ppo-beta0.1", "ppo-beta1", "dpo-beta0.1",
+                                          "dpo-beta1"]  # fmt: skip
+    for e in evals:  # held-out prompts only, scored by the user's function
+        for s in e["samples"]:
+            assert s["prompt"] in ("the meal", "the show")
+            assert s["gold_reward"] == pytest.approx(my_gold.reward([], [s["completion"]])[0])
+    curves = results["best_of_n"]["curves"]
+    assert set(curves) == {"learned", "gold"}
+    for rows in curves.values():
+        assert [r["n"] for r in rows] == [1, 2, 4, 8]
+        assert [r["kl"] for r in rows] == pytest.approx([math.log(n) - (n - 1) / n
+                                                         for n in (1, 2, 4, 8)])  # fmt: skip
+    gold_selected = [r["gold_reward"] for r in curves["gold"]]
+    assert gold_selected == sorted(gold_selected)  # the best of more samples is never worse
+    assert set(results["gao_fits"]) == {"best-of-n (learned reward)", "best-of-n (gold reward)",
+                                        "ppo", "dpo"}  # fmt: skip
+    assert set(results["frontiers"]) == {"ppo", "dpo"}
+    report = (out / "report.md").read_text()
+    assert "## Reward–KL frontier" in report and "Over-optimisation law" in report
+    assert_png(out / "frontier.png")
+    assert_png(out / "overoptimisation_law.png")
+
+
+def test_own_task_options_are_checked_before_any_stage(tmp_path, monkeypatch):
+    paths = write_own_task(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    own = {"prompts": paths["prompts"], "corpus": paths["corpus"], "gold_reward": "my_gold:reward"}
+    bad_corpus = tmp_path / "bad.jsonl"
+    bad_corpus.write_text('{"text": "fine"}\n{"txt": "oops"}\n')
+    cases = [
+        ({**own, "corpus": str(bad_corpus)}, f"{bad_corpus}:2: missing key 'text'"),
+        ({**own, "gold_reward": "my_gold:missing"}, "cannot import 'missing' from 'my_gold'"),
+        ({**own, "task": "arithmetic"}, "--task 'arithmetic' and --prompts: choose"),
+        ({**own, "eval_prompts": str(tmp_path / "nope.jsonl")}, "nope.jsonl' does not exist"),
+    ]
+    for options, message in cases:
+        with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
+            PipelineConfig(out=str(tmp_path / "out"), **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_own_task_stage_keys_follow_the_files_and_accept_a_plain_function(tmp_path, monkeypatch):
+    paths = write_own_task(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_gold
+
+    config = PipelineConfig(prompts=paths["prompts"], corpus=paths["corpus"],
+                            gold_reward=my_gold.reward)  # fmt: skip
+    assert config.task == "jsonl"
+    identity = config.task_identity()
+    assert identity["gold_reward"] == "my_gold.reward"  # stable across processes, unlike repr
+    with open(paths["corpus"], "a") as f:
+        f.write(json.dumps({"text": "the film was good ."}) + "\n")
+    changed = config.task_identity()
+    assert changed["files"]["corpus"] != identity["files"]["corpus"]
+    assert changed["files"]["prompts"] == identity["files"]["prompts"]

@@ -96,6 +96,24 @@ def test_online_clis(trained, tmp_path, capsys, main, sizes):
     assert (tmp_path / "final" / "model.safetensors").is_file()
 
 
+def test_ppo_cli_with_a_process_reward_model(tmp_path):
+    """--process-reward-model task: the arithmetic_chain gold step checker pays each step's
+    score on its closing token; the run logs what it paid (reward/process)."""
+    ppo.main(["--task", "arithmetic_chain", "--process-reward-model", "task",
+              "--process-reward-mode", "step", "--step-boundary", ";", "--run-dir",
+              str(tmp_path), "--total-prompts", "4", "--batch-size", "4", "--minibatch-size",
+              "4", "--epochs", "1", "--precision", "fp32"])  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "reward/process" in rows[-1] and math.isfinite(rows[-1]["reward/process"])
+
+
+def test_step_boundary_without_a_process_reward_model_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ppo.main(["--step-boundary", ";", "--run-dir", str(tmp_path / "r")])
+    assert "--step-boundary needs --process-reward-model" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_evaluate_cli(trained, tmp_path, capsys):
     policy = str(trained / "policy")
     evaluate.main([policy, f"again={policy}", *TASK, "--reference", policy, "--judge", policy,
@@ -218,7 +236,10 @@ def test_bench_memory_smoke(capsys):
         ("--betas", "0.1,-0.5", "--betas '0.1,-0.5': '-0.5' is not a positive number"),
         ("--betas", "0", "--betas '0': '0' is not a positive number"),
         ("--prompt-budget", "-8", "--prompt-budget -8: must be >= 0"),
-        ("--eval-prompts", "-1", "--eval-prompts -1: must be >= 0"),
+        ("--eval-size", "-1", "--eval-size -1: must be >= 0"),
+        ("--best-of-n", "3", "--best-of-n 3: must be a power of two"),
+        ("--corpus", "c.jsonl", "--corpus is an option of your own task: give --prompts"),
+        ("--prompts", "p.jsonl", "--prompts needs --corpus and --gold-reward"),
         (
             "--task",
             "chess",

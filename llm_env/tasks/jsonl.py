@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llm_env.tasks.base import Task
+from llm_env.tokenizer import train_tokenizer
 
 
 class JsonlError(ValueError):
@@ -70,23 +71,38 @@ def make_jsonl_task(
     eval_path: str | Path | None = None,
     max_new_tokens: int = 32,
     max_prompt_tokens: int = 64,
+    corpus: str | Path | None = None,
+    gold_reward: str | None = None,
+    vocab_size: int = 1024,
 ) -> Task:
     """Prompts from ``path`` (eval prompts from ``eval_path``, else the same prompts).
 
     A blank prompt is an error naming its file and line. Rows that also carry a
-    ``"completion"`` become demonstrations for SFT. The task has no
-    tokenizer or gold reward of its own: pass ``tokenizer=`` and ``reward_model=`` to the env.
+    ``"completion"`` become demonstrations for SFT. ``corpus`` (a JSONL file of ``{"text": ...}``
+    lines) makes the task self-contained, like the built-in ones: its texts (with the prompts)
+    train the task's BPE tokenizer (``vocab_size``) and are demonstrations with an empty prompt,
+    so a tiny policy is pre-trained on them. ``gold_reward`` is the task's gold reward spec (a
+    registered name, a saved reward-model directory, ``module:callable``). Without ``corpus``
+    the task has no tokenizer of its own: pass ``tokenizer=`` to the env.
     """
     rows = read_jsonl(path, required=["prompt"], nonblank=["prompt"])
     eval_rows = read_jsonl(eval_path, required=["prompt"], nonblank=["prompt"]) if eval_path else []
+    texts = (
+        [r["text"] for r in read_jsonl(corpus, required=["text"], nonblank=["text"])]
+        if corpus
+        else []
+    )
+    demonstrations = [
+        (r["prompt"], r["completion"]) for r in rows if isinstance(r.get("completion"), str)
+    ]
+    prompts = [r["prompt"] for r in rows]
     return Task(
         name="jsonl",
-        train_prompts=tuple(r["prompt"] for r in rows),
+        train_prompts=tuple(prompts),
         eval_prompts=tuple(r["prompt"] for r in eval_rows),
-        demonstrations=tuple(
-            (r["prompt"], r["completion"]) for r in rows if isinstance(r.get("completion"), str)
-        ),
-        gold_reward=None,
+        demonstrations=tuple(demonstrations + [("", text) for text in texts]),
+        gold_reward=gold_reward,
         max_new_tokens=max_new_tokens,
         max_prompt_tokens=max_prompt_tokens,
+        make_tokenizer=(lambda: train_tokenizer(texts + prompts, vocab_size)) if texts else None,
     )
