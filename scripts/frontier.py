@@ -103,9 +103,8 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float:
 def dominance_lines(groups: dict[str, list[dict]], bon: dict | None) -> list[str]:
     """For every method's point: the other frontiers (and best-of-n) that pass above its 95%
     interval at the same KL (interpolated between their points), or that it beats."""
-    curves = {m: [(p["kl_ref"], p["gold_reward"]) for p in pts] for m, pts in groups.items()}
-    for selector, rows in (bon or {}).get("curves", {}).items():
-        curves[f"best-of-n ({selector} reward)"] = [(r["kl"], r["gold_reward"]) for r in rows]
+    curves = {name: [(kl, gold) for kl, gold, _ in points]
+              for name, points in measured_curves(groups, bon).items()}  # fmt: skip
     lines = []
     for method, points in groups.items():
         for p in points:
@@ -176,7 +175,29 @@ def gao_fits(groups: dict[str, list[dict]], bon: dict | None, sft_gold: float) -
     return fits
 
 
-def fit_lines(fits: dict, groups: dict[str, list[dict]]) -> list[str]:
+def measured_curves(groups: dict[str, list[dict]], bon: dict | None) -> dict[str, list[tuple]]:
+    """Every fitted curve's measured points, (KL, gold, 95% CI) in order of KL."""
+    curves = {m: [(p["kl_ref"], p["gold_reward"], p["gold_ci"]) for p in pts]
+              for m, pts in groups.items()}  # fmt: skip
+    for selector, rows in (bon or {}).get("curves", {}).items():
+        curves[f"best-of-n ({selector} reward)"] = [(r["kl"], r["gold_reward"], r["gold_ci"])
+                                                    for r in rows]  # fmt: skip
+    return curves
+
+
+def decline(points: list[tuple]) -> str | None:
+    """``"0.861 at KL 3.64 → 0.614 at KL 33.20"`` when a point past the best one lies below the
+    best's 95% interval (a measured fall of the gold with more KL); else None."""
+    best = max(range(len(points)), key=lambda i: points[i][1])
+    later = [p for p in points[best + 1 :] if p[2][1] < points[best][2][0]]
+    if not later:
+        return None
+    low = min(later, key=lambda p: p[1])
+    return f"{points[best][1]:.3f} at KL {points[best][0]:.2f} → {low[1]:.3f} at KL {low[0]:.2f}"
+
+
+def fit_lines(fits: dict, measured: dict[str, list[tuple]]) -> list[str]:
+    """The fits' table, then per curve what the fit and the measured points say."""
     lines = [
         "| curve | form | α | β | RMSE | points | peak at KL |",
         "|---|---|---|---|---|---|---|",
@@ -188,16 +209,22 @@ def fit_lines(fits: dict, groups: dict[str, list[dict]]) -> list[str]:
                      f"{fit.points} | {'never' if math.isinf(peak) else f'{peak:.2f}'} |")  # fmt: skip
     lines.append("")
     for name, fit in fits.items():
-        kls = [p["kl_ref"] for p in groups[name]] if name in groups else None
-        if fit.beta <= 0 or math.isinf(fit.peak_d):
-            lines.append(f"- {name}: the fit never turns down (β ≤ 0): no over-optimisation "
-                         "seen in its range.")  # fmt: skip
-        elif kls is not None and max(kls) > fit.peak_d**2:
-            lines.append(f"- {name}: the fit peaks at KL {fit.peak_d**2:.2f}, inside the measured "
-                         f"range (up to {max(kls):.2f}): past it, more KL bought less gold.")  # fmt: skip
+        points = measured[name]
+        fell = decline(points)
+        if math.isinf(fit.peak_d):
+            text = "the fit never turns down (β ≤ 0)"
+        elif fit.peak_d**2 <= points[-1][0]:
+            text = f"the fit peaks at KL {fit.peak_d**2:.2f}, inside the measured range"
         else:
-            lines.append(f"- {name}: the fit peaks at KL {fit.peak_d**2:.2f}, beyond the "
-                         "measured points: an extrapolation, not an observation.")  # fmt: skip
+            text = (f"the fit peaks at KL {fit.peak_d**2:.2f}, beyond the last point (KL "
+                    f"{points[-1][0]:.2f}): an extrapolation")  # fmt: skip
+        if fell:
+            text += f"; the measured gold fell past its best point, beyond the intervals ({fell})"
+        else:
+            text += ("; the measured gold never fell below its best point's interval: "
+                     "no over-optimisation observed" + (", the fitted peak only describes the "
+                     "curve flattening" if fit.peak_d**2 <= points[-1][0] else ""))  # fmt: skip
+        lines.append(f"- {name}: {text}.")
     return lines
 
 
@@ -209,7 +236,7 @@ def plot_frontiers(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for method, points in groups.items():
-        xs = [p["kl_ref"] for p in points]
+        xs = [max(p["kl_ref"], 0.0) for p in points]  # a sampled KL estimate can dip below 0
         ys = [p["gold_reward"] for p in points]
         err = [[y - p["gold_ci"][0] for y, p in zip(ys, points)],
                [p["gold_ci"][1] - y for y, p in zip(ys, points)]]  # fmt: skip
@@ -227,11 +254,14 @@ def plot_frontiers(
         ax.annotate(f"n={last['n']}", (last["kl"], last["gold_reward"]), fontsize=7)
     if sft is not None:
         ax.plot([0], [sft["gold_reward"]], "ks", label="SFT")
-    ax.set_xlabel("KL(π ‖ π_SFT)  [nats per completion]")
+    ax.set_xscale("function", functions=(np.sqrt, np.square))  # d = √KL spacing (Gao et al.)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("KL(π ‖ π_SFT)  [nats per completion; square-root scale]")
     ax.set_ylabel("gold reward (held-out prompts, 95% CI)")
     ax.set_title("Reward–KL frontier: one point per β, best-of-n for reference")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -296,7 +326,7 @@ def frontier_section(evals: list[dict], bon: dict | None, out_dir: Path) -> tupl
                   "d(α − βd) on its curve. RL methods and DPO: the form d(α − β log d) through "
                   "their final held-out points, one per β (Gao et al. fit along one run's "
                   "training; here the law runs across β).", "",
-                  *fit_lines(fits, groups), "",
+                  *fit_lines(fits, measured_curves(groups, bon)), "",
                   "![over-optimisation law](overoptimisation_law.png)"]  # fmt: skip
         results["gao_fits"] = {name: fit.as_dict() for name, fit in fits.items()}
     return lines, results

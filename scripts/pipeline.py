@@ -278,11 +278,17 @@ class Budget:
 DEFAULT = Budget(sft_steps=1000, sft_batch=64, pref_prompts=2048, pref_k=2, rm_epochs=2,
                  rl_prompts=4096, rl_batch=64, dpo_epochs=2, dpo_eval_every=16,
                  dpo_eval_prompts=64, eval_prompts=512, judge_steps=100, bon_prompts=64,
-                 bon_n_max=64, model={"n_layer": 2, "n_head": 4, "n_embd": 128})  # fmt: skip
+                 bon_n_max=64, model={"n_layer": 2, "n_head": 4, "n_embd": 128},
+                 seconds={"sft": 49, "judge": 9, "preferences": 4, "reward_model": 8,
+                          "best_of_n": 6, "ppo": 47, "reinforce": 50, "grpo": 49, "dpo": 10,
+                          "evaluate": 1.5})  # fmt: skip
 QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,
                rl_prompts=64, rl_batch=16, dpo_epochs=1, dpo_eval_every=1,
                dpo_eval_prompts=16, eval_prompts=32, judge_steps=10, bon_prompts=8,
-               bon_n_max=8, model={"n_layer": 1, "n_head": 2, "n_embd": 64})  # fmt: skip
+               bon_n_max=8, model={"n_layer": 1, "n_head": 2, "n_embd": 64},
+               seconds={"sft": 3, "judge": 2, "preferences": 0.3, "reward_model": 0.3,
+                        "best_of_n": 0.3, "ppo": 0.5, "reinforce": 0.5, "grpo": 0.5, "dpo": 0.3,
+                        "evaluate": 0.1})  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -422,11 +428,12 @@ class Pipeline:
         todo += [name for _, name, _ in self.methods()]
         todo = [name for name in todo if not (self.stages / f"{name}.json").is_file()]
         kinds = [name.split("-beta")[0].replace("_gold", "") for name in todo]
-        policies = 1 + len(self.methods())
+        evaluated = (self.stages / "evaluate.json").is_file()
+        policies = 0 if evaluated else 1 + len(self.methods())
         total = sum(cost.get(k, 0.0) for k in kinds) + policies * cost.get("evaluate", 0.0)
-        parts = [f"{k} {cost.get(k, 0.0):.0f}s" + (f" ×{kinds.count(k)}" if kinds.count(k) > 1 else "")
+        parts = [f"{k} {cost.get(k, 0.0):.2g}s" + (f" ×{kinds.count(k)}" if kinds.count(k) > 1 else "")
                  for k in dict.fromkeys(kinds)]  # fmt: skip
-        parts.append(f"evaluate {cost.get('evaluate', 0.0):.0f}s ×{policies}")
+        parts.append(f"evaluate {cost.get('evaluate', 0.0):.2g}s ×{policies}")
         return total, ", ".join(parts)
 
     def run_stages(self) -> list[dict]:
@@ -440,11 +447,12 @@ class Pipeline:
         c, b, preset = self.config, self.budget, self.preset
         sft = {"task": c.task, "seed": c.seed, "precision": c.precision,
                "steps": preset.sft_steps or b.sft_steps, "batch": b.sft_batch, "model": b.model,
-               "own_task": c.task_identity(),
                "preset": {"task_kwargs": preset.task_kwargs, "verifier": preset.verifier,
                           "sft_epochs": preset.sft_epochs, "sft_steps": preset.sft_steps,
                           "pref_k": preset.pref_k, "label_temperature": preset.label_temperature,
                           "samples_per_prompt": preset.samples_per_prompt}}  # fmt: skip
+        if c.prompts:  # your own task: its files' hashes and gold reward
+            sft["own_task"] = c.task_identity()
         self.stage("sft", sft, self.train_sft, [self.agents_dir / "sft-pretrain", self.sft_dir])
         judge = {**sft, "seed": c.seed + 1, "steps": b.judge_steps}
         self.stage(
@@ -629,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         pipeline = Pipeline(dataclass_from_args(PipelineConfig, args))
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # a bad option, file or row: named, before any stage
         parser.error(str(e))
     pipeline.run()
 

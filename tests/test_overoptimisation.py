@@ -16,7 +16,9 @@ from agents.common.overoptimisation import (
     gao_fit,
 )
 from scripts.frontier import (
+    decline,
     dominance_lines,
+    fit_lines,
     gao_fits,
     interpolate,
     method_points,
@@ -138,9 +140,8 @@ def test_interpolate_inside_and_outside_the_range():
 
 
 def test_dominance_lines_name_the_curves_above_and_below_each_point():
-    bon = {
-        "curves": {"learned": [{"kl": 0.0, "gold_reward": 0.0}, {"kl": 4.0, "gold_reward": 0.8}]}
-    }
+    bon = {"curves": {"learned": [{"kl": 0.0, "gold_reward": 0.0, "gold_ci": [0, 0]},
+                                  {"kl": 4.0, "gold_reward": 0.8, "gold_ci": [0.8, 0.8]}]}}  # fmt: skip
     lines = dominance_lines(method_points(EVALS), bon)
     dpo = next(line for line in lines if line.startswith("- **dpo** β=0.1"))
     # at KL 3: ppo's frontier 0.5 + (0.7 − 0.5)·2/3 = 0.633 and best-of-n 0.6 pass above 0.42
@@ -173,3 +174,24 @@ def test_gao_fits_use_the_gain_over_sft_and_the_rl_form_for_methods():
     assert fits["dpo"].points == 2
     shifted = gao_fits(method_points(EVALS), None, sft_gold=0.1)["ppo"]
     assert shifted.alpha != pytest.approx(alpha)  # the gain, not the raw gold, is fitted
+
+
+def test_decline_needs_a_later_point_below_the_best_points_interval():
+    points = [(1.0, 0.5, [0.48, 0.52]), (4.0, 0.7, [0.68, 0.72]), (9.0, 0.69, [0.66, 0.72])]
+    assert decline(points) is None  # 0.69's interval reaches the best's
+    points.append((16.0, 0.6, [0.58, 0.62]))
+    assert decline(points) == "0.700 at KL 4.00 → 0.600 at KL 16.00"
+
+
+def test_fit_lines_tell_a_measured_fall_from_a_flattening_fit():
+    # a saturating curve: the fitted peak is inside the range but the gold never fell
+    kl = np.array([1.0, 4.0, 9.0, 16.0])
+    flat = [(k, g, [g - 0.01, g + 0.01]) for k, g in zip(kl, [0.5, 0.8, 0.9, 0.92])]
+    fit = gao_fit(kl, np.array([p[1] for p in flat]), "bon")
+    assert fit.peak_d**2 < 16.0
+    text = fit_lines({"flat": fit}, {"flat": flat})[-1]
+    assert "inside the measured range" in text and "no over-optimisation observed" in text
+    falling = flat[:3] + [(16.0, 0.6, [0.58, 0.62])]
+    fit = gao_fit(kl, np.array([p[1] for p in falling]), "rl")
+    text = fit_lines({"falling": fit}, {"falling": falling})[-1]
+    assert "the measured gold fell past its best point" in text and "0.900 at KL 9.00" in text

@@ -37,16 +37,34 @@ def assert_png(path: Path) -> None:
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
+BETAS = (0.03, 0.1, 0.3)  # the default sweep
+RUNS = [f"{m}-beta{b:g}" for m in ("ppo", "reinforce", "grpo", "dpo") for b in BETAS]
+
+
 @pytest.mark.slow
 def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     out, results = quick_run
-    for agent in ("ppo-ppo", "reinforce-reinforce", "grpo-grpo", "dpo-dpo", "sft-pretrain"):
+    for agent in [f"{run.split('-')[0]}-{run}" for run in RUNS] + ["sft-pretrain"]:
         events = list((out / "sentiment" / agent).glob("events.out.tfevents.*"))
         assert events, f"no TensorBoard events for {agent}"
         assert json.loads((out / "sentiment" / agent / "config.json").read_text())
+    for run in RUNS:  # each run trained at its β
+        config = json.loads(
+            (out / "sentiment" / f"{run.split('-')[0]}-{run}" / "config.json").read_text()
+        )
+        beta = config["beta"] if "beta" in config else config["kl"]["beta"]
+        assert beta == float(run.partition("-beta")[2])
     saved = json.loads((out / "results.json").read_text())
     names = [e["name"] for e in saved["evaluations"]]
-    assert names == ["sft", "ppo", "reinforce", "grpo", "dpo"]
+    assert names == ["sft", *RUNS]
+    for method in ("ppo", "reinforce", "grpo", "dpo"):  # one frontier point per β, by KL
+        points = saved["frontiers"][method]
+        assert sorted(p["beta"] for p in points) == list(BETAS)
+        assert [p["kl_ref"] for p in points] == sorted(p["kl_ref"] for p in points)
+        assert saved["gao_fits"][method]["form"] == "rl"
+    curves = saved["best_of_n"]["curves"]
+    assert set(curves) == {"learned", "gold"} and [r["n"] for r in curves["gold"]] == [1, 2, 4, 8]
+    assert saved["gao_fits"]["best-of-n (learned reward)"]["form"] == "bon"
     for e in saved["evaluations"]:
         assert (
             -1.0 <= e["gold_reward"] <= 1.0
@@ -60,11 +78,13 @@ def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     report = (out / "report.md").read_text()
     assert "reached a mean gold reward of" in report and "frontier.png" in report
     assert "fluency_vs_kl.png" in report and "Failure thresholds" in report
-    for name in ("ppo", "reinforce", "dpo"):
+    for name in RUNS:
         assert f"- **{name}** shows " in report
-    for png in ("frontier.png", "training_curves.png", "overoptimisation.png", "fluency_vs_kl.png"):
+    assert "## Reward–KL frontier" in report and "### Over-optimisation law" in report
+    for png in ("frontier.png", "training_curves.png", "overoptimisation.png", "fluency_vs_kl.png",
+                "overoptimisation_law.png"):  # fmt: skip
         assert_png(out / png)
-    scalars, _ = read_scalars(out / "sentiment" / "ppo-ppo")  # the held-out evaluation's point
+    scalars, _ = read_scalars(out / "sentiment" / "ppo-ppo-beta0.1")  # the held-out evaluation's
     assert [step for step, _ in scalars["eval/judge_ppl"]] == [scalars["kl/ref"][-1][0]]
     assert results["evaluations"] == saved["evaluations"]
 
@@ -77,7 +97,7 @@ def test_rerun_skips_finished_stages(quick_run, capsys):
     (out / "stages" / "evaluate.json").unlink()  # as if the run died during evaluation
     Pipeline(PipelineConfig(out=str(out), quick=True, precision="fp32")).run()
     printed = capsys.readouterr().out
-    for stage in ("sft", "judge", "preferences", "reward_model", "ppo", "reinforce", "dpo"):
+    for stage in ["sft", "judge", "preferences", "reward_model", "best_of_n", *RUNS]:
         assert f"== {stage}: done earlier with the same inputs" in printed
     assert "== evaluate: unfinished earlier with the same inputs, resuming" in printed
     assert sft_weights.stat().st_mtime_ns == before
@@ -93,7 +113,7 @@ def test_compare_two_runs(quick_run, tmp_path, capsys):
     logger.close()
     compare_main([str(out), str(tmp_path / "other"), "--out", str(tmp_path / "cmp")])
     table = capsys.readouterr().out
-    assert "ppo-handmade" in table and "reinforce-reinforce" in table
+    assert "ppo-handmade" in table and "reinforce-reinforce-beta0.1" in table
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     handmade = next(r for r in results["runs"] if r["run"] == "ppo-handmade")
     assert (handmade["gold_reward"], handmade["kl_ref"]) == (pytest.approx(0.5), pytest.approx(2.5))
@@ -269,8 +289,10 @@ def test_pipeline_runs_on_your_own_prompts_corpus_and_reward_function(tmp_path, 
                                                          for n in (1, 2, 4, 8)])  # fmt: skip
     gold_selected = [r["gold_reward"] for r in curves["gold"]]
     assert gold_selected == sorted(gold_selected)  # the best of more samples is never worse
-    assert set(results["gao_fits"]) == {"best-of-n (learned reward)", "best-of-n (gold reward)",
-                                        "ppo", "dpo"}  # fmt: skip
+    fitted = {name for name, points in results["frontiers"].items()  # two points with KL > 0
+              if sum(p["kl_ref"] > 0 for p in points) >= 2}  # fmt: skip
+    assert set(results["gao_fits"]) == fitted | {"best-of-n (learned reward)",
+                                                 "best-of-n (gold reward)"}  # fmt: skip
     assert set(results["frontiers"]) == {"ppo", "dpo"}
     report = (out / "report.md").read_text()
     assert "## Reward–KL frontier" in report and "Over-optimisation law" in report
@@ -311,3 +333,19 @@ def test_own_task_stage_keys_follow_the_files_and_accept_a_plain_function(tmp_pa
     changed = config.task_identity()
     assert changed["files"]["corpus"] != identity["files"]["corpus"]
     assert changed["files"]["prompts"] == identity["files"]["prompts"]
+
+
+def test_estimate_sums_the_measured_rates_of_the_stages_left(recorded_stages, tmp_path):
+    pipeline = Pipeline(PipelineConfig(out=str(tmp_path), quick=True, methods="ppo,dpo"))
+    cost = pipeline.budget.seconds
+    total, parts = pipeline.estimate()
+    runs = 2 * 3  # two methods at three βs
+    expected = sum(cost[s] for s in ("sft", "judge", "preferences", "reward_model", "best_of_n"))
+    expected += 3 * (cost["ppo"] + cost["dpo"]) + (1 + runs) * cost["evaluate"]
+    assert total == pytest.approx(expected)
+    assert "ppo 0.5s ×3" in parts and f"evaluate {cost['evaluate']:.2g}s ×7" in parts
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "sft.json").write_text("{}")  # finished stages are not counted
+    assert pipeline.estimate()[0] == pytest.approx(expected - cost["sft"])
+    pipeline.run_stages()
+    assert pipeline.estimate()[0] == 0.0
