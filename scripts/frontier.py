@@ -100,6 +100,25 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float:
     return math.nan
 
 
+KL_BUDGETS = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def budget_table(measured: dict[str, list[tuple]], budgets=KL_BUDGETS) -> list[str]:
+    """Per KL budget and curve, the best gold reward among its measured points within the
+    budget, with the point's 95% interval: who reaches what at each KL (a markdown table)."""
+    names = list(measured)
+    lines = ["| KL ≤ | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for budget in budgets:
+        cells = []
+        for name in names:
+            inside = [p for p in measured[name] if p[0] <= budget]
+            best = max(inside, key=lambda p: p[1], default=None)
+            cells.append("—" if best is None else
+                         f"{best[1]:.3f} [{best[2][0]:.3f}, {best[2][1]:.3f}]")  # fmt: skip
+        lines.append(f"| {budget:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def dominance_lines(groups: dict[str, list[dict]], bon: dict | None) -> list[str]:
     """For every method's point: the other frontiers (and best-of-n) that pass above its 95%
     interval at the same KL (interpolated between their points), or that it beats."""
@@ -313,6 +332,11 @@ def frontier_section(evals: list[dict], bon: dict | None, out_dir: Path) -> tupl
                      f"{bon['prompts']} held-out prompts, n = 1 … {bon['n_max']}, KL = log n − "
                      "(n − 1)/n (analytic).")  # fmt: skip
         lines.append("")
+    lines += ["The best gold reward each curve reached within a KL budget (its best measured point "
+              "there, with that point's 95% interval; — : no point that close to SFT):", "",
+              *budget_table(measured_curves(groups, bon)), "",
+              "Each point against the other curves at its own KL (linear between their points):",
+              ""]  # fmt: skip
     lines += dominance_lines(groups, bon)
     lines += ["", "### Where the proxy rose while the gold fell", ""]
     lines += proxy_gold_lines(groups, bon)

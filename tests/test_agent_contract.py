@@ -344,3 +344,21 @@ def test_tensorboard_has_no_duplicate_steps_after_resume(make, tmp_path):
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
     steps = loss_steps(run_dir)
     assert sorted(steps) == [4, 8, 12, 16] and len(set(steps)) == len(steps)
+
+
+def test_build_config_keeps_an_agents_own_group_defaults():
+    """Flat options for part of a group leave the rest at the agent's own defaults: GRPO's KL
+    group keeps k3 and its learning rate when only β is given (not KLConfig's k1)."""
+    from agents.common.config import build_config
+    from agents.grpo import GRPOConfig
+    from agents.ppo import PPOConfig
+
+    config = build_config(GRPOConfig, {"kl.beta": 0.3, "batch_size": 8})
+    assert (config.kl.beta, config.kl.kl_estimator, config.batch_size) == (0.3, "k3", 8)
+    assert config.optim.learning_rate == GRPOConfig().optim.learning_rate == 1e-4
+    ppo = build_config(PPOConfig, {"lam": 1.0, "optim.learning_rate": 5e-5,
+                                   "optim.warmup_steps": 5})  # fmt: skip
+    assert (ppo.lam, ppo.optim.learning_rate, ppo.optim.warmup_steps) == (1.0, 5e-5, 5)
+    assert ppo.kl == PPOConfig().kl
+    with pytest.raises(ValueError, match="learning_rate"):
+        build_config(PPOConfig, {"optim.learning_rate": -1.0})

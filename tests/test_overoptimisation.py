@@ -195,3 +195,15 @@ def test_fit_lines_tell_a_measured_fall_from_a_flattening_fit():
     fit = gao_fit(kl, np.array([p[1] for p in falling]), "rl")
     text = fit_lines({"falling": fit}, {"falling": falling})[-1]
     assert "the measured gold fell past its best point" in text and "0.900 at KL 9.00" in text
+
+
+def test_budget_table_takes_each_curves_best_point_within_the_budget():
+    from scripts.frontier import budget_table
+
+    measured = {"a": [(0.5, 0.2, [0.1, 0.3]), (3.0, 0.6, [0.5, 0.7]), (9.0, 0.4, [0.3, 0.5])],
+                "b": [(2.0, 0.5, [0.45, 0.55])]}  # fmt: skip
+    lines = budget_table(measured, budgets=(1.0, 4.0, 16.0))
+    assert lines[0] == "| KL ≤ | a | b |"
+    assert lines[2] == "| 1 | 0.200 [0.100, 0.300] | — |"
+    assert lines[3] == "| 4 | 0.600 [0.500, 0.700] | 0.500 [0.450, 0.550] |"
+    assert lines[4] == "| 16 | 0.600 [0.500, 0.700] | 0.500 [0.450, 0.550] |"  # 0.4 is worse

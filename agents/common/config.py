@@ -254,12 +254,14 @@ def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def build_config(cls: type, values: dict[str, Any]) -> Any:
-    """``cls`` from flat ``{"field": v, "group.field": v}`` values."""
+    """``cls`` from flat ``{"field": v, "group.field": v}`` values; a group's fields not in
+    ``values`` keep the defaults of ``cls``'s own factory for it (GRPO's ``kl`` group keeps its
+    k3 estimator when only ``kl.beta`` is given)."""
     hints, kwargs = typing.get_type_hints(cls), {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             inner = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f.name + ".")}
-            kwargs[f.name] = build_config(hints[f.name], inner) if inner else f.default_factory()
+            kwargs[f.name] = dataclasses.replace(f.default_factory(), **inner)
         elif f.name in values:
             kwargs[f.name] = values[f.name]
     return cls(**kwargs)
