@@ -56,7 +56,8 @@ def best_of_n_curves(
     pool = list(env.setup.task.prompts("eval"))
     chosen = [pool[i % len(pool)] for i in range(prompts) for _ in range(n_max)]
     extra = {"learned": learned} if learned is not None else {}
-    result = evaluate(policy.eval(), None, env, chosen, seed=seed, extra_reward_models=extra)
+    result = evaluate(policy.eval(), None, env, chosen, seed=seed, extra_reward_models=extra,
+                      progress="best-of-n sampling")  # fmt: skip
     gold = result.gold_rewards.reshape(prompts, n_max)
     selectors = {name: v.reshape(prompts, n_max) for name, v in result.extra.items()}
     selectors["gold"] = gold

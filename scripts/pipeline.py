@@ -318,6 +318,18 @@ def measured(run_dir: Path):
     )
 
 
+@dataclass
+class Stage:
+    """One stage of the study: its inputs (hashed into its key with the keys of the stages
+    ``after``), its work, and the outputs deleted when its key changes."""
+
+    name: str
+    inputs: dict
+    fn: Callable[[], dict]
+    outputs: list[Path]
+    after: Sequence[str] = ()
+
+
 class Pipeline:
     """Runs the stages in order, reusing those finished earlier with the same inputs."""
 
@@ -346,33 +358,31 @@ class Pipeline:
         self.keys: dict[str, str] = {}  # stage name -> key, filled as the stages run
 
     # -- stage bookkeeping -----------------------------------------------------------------------
-    def stage(
-        self,
-        name: str,
-        inputs: dict,
-        fn: Callable[[], dict],
-        outputs: list[Path],
-        after: Sequence[str] = (),
-    ) -> dict:
-        """Run ``fn`` unless a finished run of stage ``name`` has the same key: ``inputs`` plus
-        the keys of the stages ``after``. A changed key first deletes ``outputs``."""
-        inputs = {**inputs, "upstream": {stage: self.keys[stage] for stage in after}}
-        key = self.keys[name] = stage_key(inputs)
+    def finished(self, stage: Stage) -> dict | None:
+        """The record of an earlier run of ``stage`` that finished with the same key, or None."""
+        marker = self.stages / f"{stage.name}.json"
+        done = json.loads(marker.read_text()) if marker.is_file() else {}
+        return done if done.get("key") == self.keys[stage.name] else None
+
+    def stage(self, stage: Stage) -> dict:
+        """Run ``stage`` unless a finished run of it has the same key (``plan`` set the keys);
+        a changed key first deletes its outputs."""
+        name, inputs, key = stage.name, stage.inputs, self.keys[stage.name]
         marker = self.stages / f"{name}.json"
         record = self.stages / f"{name}.inputs.json"
-        done = json.loads(marker.read_text()) if marker.is_file() else {}
-        if done.get("key") == key:
+        done = self.finished(stage)
+        if done is not None:
             print(f"== {name}: done earlier with the same inputs, reusing {marker}")
             return done
         previous = json.loads(record.read_text()) if record.is_file() else {}
         if previous.get("key") == key:
             print(f"== {name}: unfinished earlier with the same inputs, resuming")
-        elif previous or done or any(p.exists() for p in outputs):
+        elif previous or marker.is_file() or any(p.exists() for p in stage.outputs):
             why = (f"inputs changed ({describe_changes(previous['inputs'], inputs)})"
                    if previous else "no record of its inputs")  # fmt: skip
             print(f"== {name}: {why}, rerunning")
             marker.unlink(missing_ok=True)
-            for path in outputs:
+            for path in stage.outputs:
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
@@ -382,7 +392,7 @@ class Pipeline:
         self.stages.mkdir(parents=True, exist_ok=True)
         write_json(record, {"key": key, "inputs": inputs})
         start = time.perf_counter()
-        result = fn() or {}
+        result = stage.fn() or {}
         result["seconds"] = time.perf_counter() - start
         result["key"] = key
         write_json(marker, result)
@@ -424,31 +434,8 @@ class Pipeline:
         print(f"\nreport: {self.out / 'report.md'}   tensorboard --logdir {self.out}")
         return results
 
-    def estimate(self) -> tuple[float, str]:
-        """Seconds the stages without a finished marker will take, at the measured rates of
-        ``Budget.seconds``, and how that adds up."""
-        cost = self.budget.seconds
-        todo = ["sft", "judge", "preferences"] + ([] if self.preset.verifier else ["reward_model"])
-        todo += ["best_of_n"] if self.bon_n_max else []
-        todo += [name for _, name, _ in self.methods()]
-        todo = [name for name in todo if not (self.stages / f"{name}.json").is_file()]
-        kinds = [name.split("-beta")[0].replace("_gold", "") for name in todo]
-        evaluated = (self.stages / "evaluate.json").is_file()
-        policies = 0 if evaluated else 1 + len(self.methods())
-        total = sum(cost.get(k, 0.0) for k in kinds) + policies * cost.get("evaluate", 0.0)
-        parts = [f"{k} {cost.get(k, 0.0):.2g}s" + (f" ×{kinds.count(k)}" if kinds.count(k) > 1 else "")
-                 for k in dict.fromkeys(kinds)]  # fmt: skip
-        parts.append(f"evaluate {cost.get('evaluate', 0.0):.2g}s ×{policies}")
-        return total, ", ".join(parts)
-
-    def run_stages(self) -> list[dict]:
-        """Train and evaluate (each stage keyed by its inputs); the evaluations."""
-        from agents.common.policy import set_num_threads
-
-        set_num_threads()
-        total, parts = self.estimate()
-        print(f"== estimate: ~{total / 60:.1f} min on 2 quiet cores at the sentiment study's "
-              f"measured rates ({parts}); finished stages are reused")  # fmt: skip
+    def plan(self) -> list[Stage]:
+        """Every stage of the study, in order, with its inputs and the stages it builds on."""
         c, b, preset = self.config, self.budget, self.preset
         sft = {"task": c.task, "seed": c.seed, "precision": c.precision,
                "steps": preset.sft_steps or b.sft_steps, "batch": b.sft_batch, "model": b.model,
@@ -458,29 +445,27 @@ class Pipeline:
                           "samples_per_prompt": preset.samples_per_prompt}}  # fmt: skip
         if c.prompts:  # your own task: its files' hashes and gold reward
             sft["own_task"] = c.task_identity()
-        self.stage("sft", sft, self.train_sft, [self.agents_dir / "sft-pretrain", self.sft_dir])
         judge = {**sft, "seed": c.seed + 1, "steps": b.judge_steps}
-        self.stage(
-            "judge", judge, self.train_judge, [self.agents_dir / "sft-judge", self.judge_dir]
-        )
         prefs = {"task": c.task, "seed": c.seed, "prompts": b.pref_prompts,
                  "k": preset.pref_k or b.pref_k, "preset": sft["preset"]}  # fmt: skip
         meta = self.pairs.with_name(self.pairs.name + ".meta.json")
-        self.stage("preferences", prefs, self.make_preferences, [self.pairs, meta], ["sft"])
+        plan = [
+            Stage("sft", sft, self.train_sft, [self.agents_dir / "sft-pretrain", self.sft_dir]),
+            Stage("judge", judge, self.train_judge, [self.agents_dir / "sft-judge", self.judge_dir]),
+            Stage("preferences", prefs, self.make_preferences, [self.pairs, meta], ["sft"]),
+        ]  # fmt: skip
         rm_stage = [] if preset.verifier else ["reward_model"]
         if not preset.verifier:
             rm = {"seed": c.seed, "precision": c.precision, "epochs": b.rm_epochs}
             rm_outputs = [self.agents_dir / "rm-bradley_terry", self.rm_dir]
-            self.stage("reward_model", rm, self.train_reward_model, rm_outputs,
-                       ["sft", "preferences"])  # fmt: skip
+            plan.append(Stage("reward_model", rm, self.train_reward_model, rm_outputs,
+                              ["sft", "preferences"]))  # fmt: skip
         if self.bon_n_max:
-            bon = {
-                "task": c.task,
-                "seed": c.seed,
-                "prompts": b.bon_prompts,
-                "n_max": self.bon_n_max,
-            }
-            self.stage("best_of_n", bon, self.best_of_n, [self.bon_path], ["sft", *rm_stage])
+            bon = {"task": c.task, "seed": c.seed, "prompts": b.bon_prompts,
+                   "n_max": self.bon_n_max}  # fmt: skip
+            plan.append(
+                Stage("best_of_n", bon, self.best_of_n, [self.bon_path], ["sft", *rm_stage])
+            )
         for agent, name, beta in self.methods():
             inputs = {"agent": agent, "beta": beta, "task": c.task, "seed": c.seed,
                       "precision": c.precision}  # fmt: skip
@@ -494,11 +479,40 @@ class Pipeline:
                 inputs |= {"prompts": b.rl_prompts, "batch": b.rl_batch}
                 after = ["sft"] + ([] if agent == "ppo_gold" else rm_stage)
             train = functools.partial(self.train_method, agent, name, beta)
-            self.stage(name, inputs, train, [self.method_dir(agent, name)], after)
+            plan.append(Stage(name, inputs, train, [self.method_dir(agent, name)], after))
         evaluate = {"task": c.task, "seed": c.seed, "prompts": b.eval_prompts,
                     "samples_per_prompt": preset.samples_per_prompt}  # fmt: skip
         after = ["sft", "judge", *rm_stage] + [name for _, name, _ in self.methods()]
-        return self.stage("evaluate", evaluate, self.evaluate, [], after)["evaluations"]
+        plan.append(Stage("evaluate", evaluate, self.evaluate, [], after))
+        for stage in plan:  # keys: the inputs plus the keys of the stages built on
+            stage.inputs["upstream"] = {name: self.keys[name] for name in stage.after}
+            self.keys[stage.name] = stage_key(stage.inputs)
+        return plan
+
+    def estimate(self, plan: list[Stage]) -> tuple[float, str]:
+        """Seconds the stages of ``plan`` not finished with the same key will take, at the
+        measured rates of ``Budget.seconds``, and how that adds up."""
+        cost = self.budget.seconds
+        todo = [stage.name for stage in plan if self.finished(stage) is None]
+        kinds = [name.split("-beta")[0].replace("_gold", "") for name in todo]
+        policies = (1 + len(self.methods())) if "evaluate" in todo else 0
+        kinds = [k for k in kinds if k != "evaluate"] + ["evaluate"] * policies
+        total = sum(cost.get(k, 0.0) for k in kinds)
+        parts = [f"{k} {cost.get(k, 0.0):.2g}s" + (f" ×{kinds.count(k)}" if kinds.count(k) > 1 else "")
+                 for k in dict.fromkeys(kinds)]  # fmt: skip
+        return total, ", ".join(parts) or "nothing left to run"
+
+    def run_stages(self) -> list[dict]:
+        """Train and evaluate (each stage keyed by its inputs); the evaluations."""
+        from agents.common.policy import set_num_threads
+
+        set_num_threads()
+        plan = self.plan()
+        total, parts = self.estimate(plan)
+        print(f"== estimate: ~{total / 60:.1f} min on 2 quiet cores at the sentiment study's "
+              f"measured rates ({parts}); finished stages are reused")  # fmt: skip
+        results = {stage.name: self.stage(stage) for stage in plan}
+        return results["evaluate"]["evaluations"]
 
     def train_sft(self, name: str = "pretrain", seed_offset: int = 0, steps: int = 0) -> dict:
         """Pre-train a tiny GPT-2 on the task corpus: the SFT policy, or (another seed, fewer

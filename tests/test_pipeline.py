@@ -336,16 +336,21 @@ def test_own_task_stage_keys_follow_the_files_and_accept_a_plain_function(tmp_pa
 
 
 def test_estimate_sums_the_measured_rates_of_the_stages_left(recorded_stages, tmp_path):
-    pipeline = Pipeline(PipelineConfig(out=str(tmp_path), quick=True, methods="ppo,dpo"))
-    cost = pipeline.budget.seconds
-    total, parts = pipeline.estimate()
+    def pipeline(betas="0.03,0.1,0.3"):
+        return Pipeline(PipelineConfig(out=str(tmp_path), quick=True, methods="ppo,dpo",
+                                       betas=betas))  # fmt: skip
+
+    first = pipeline()
+    cost = first.budget.seconds
+    total, parts = first.estimate(first.plan())
     runs = 2 * 3  # two methods at three βs
     expected = sum(cost[s] for s in ("sft", "judge", "preferences", "reward_model", "best_of_n"))
     expected += 3 * (cost["ppo"] + cost["dpo"]) + (1 + runs) * cost["evaluate"]
     assert total == pytest.approx(expected)
     assert "ppo 0.5s ×3" in parts and f"evaluate {cost['evaluate']:.2g}s ×7" in parts
-    (tmp_path / "stages").mkdir()
-    (tmp_path / "stages" / "sft.json").write_text("{}")  # finished stages are not counted
-    assert pipeline.estimate()[0] == pytest.approx(expected - cost["sft"])
-    pipeline.run_stages()
-    assert pipeline.estimate()[0] == 0.0
+    first.run_stages()
+    done = pipeline()
+    assert done.estimate(done.plan()) == (0.0, "nothing left to run")
+    wider = pipeline("0.03,0.1,0.3,1")  # one more β: its two runs and the evaluation are left
+    total, _ = wider.estimate(wider.plan())
+    assert total == pytest.approx(cost["ppo"] + cost["dpo"] + (1 + runs + 2) * cost["evaluate"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from agents.common import metrics
@@ -110,11 +111,13 @@ def evaluate(
     seed: int = 0,
     extra_reward_models: dict[str, RewardModel] | None = None,
     n_samples: int = 4,
+    progress: str | None = None,
 ) -> EvalResult:
     """Sample one completion per prompt through ``env`` (lockstep, batches of ``env.num_envs``).
 
     ``ref_policy=None`` reports KL 0 (the policy is its own reference). ``extra_reward_models``
     are scored on the same completions (e.g. the learned reward model beside the gold one).
+    ``progress``: a progress bar over the batches with this label (None: no bar).
     """
     sampling = sampling or SamplingConfig()
     generator = torch.Generator().manual_seed(seed)
@@ -122,7 +125,8 @@ def evaluate(
     texts: dict[str, list] = {"prompts": [], "completions": [], "finish_reasons": []}
     extra: dict[str, list] = {name: [] for name in extra_reward_models or {}}
     B = env.num_envs
-    for start in range(0, len(prompts), B):
+    starts = range(0, len(prompts), B)
+    for start in tqdm(starts, desc=progress, disable=progress is None):
         chunk = list(prompts[start : start + B])
         chunk += [chunk[-1]] * (B - len(chunk))  # fill the lockstep batch; extras are dropped
         n = min(B, len(prompts) - start)
@@ -298,7 +302,7 @@ def evaluate_policies(
     n = suite.samples_per_prompt
     prompts = [pool[i % len(pool)] for i in range(suite.prompts // n) for _ in range(n)]
     summaries = []
-    for name, path in policies:
+    for name, path in tqdm(policies, desc="evaluate"):
         policy, policy_tokenizer = load_policy(path)
         check_same_tokenizer(policy_tokenizer, tokenizer, f"policy {name!r} and the reference")
         result = evaluate(policy.eval(), ref_model, env, prompts, seed=suite.seed,
