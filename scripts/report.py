@@ -216,6 +216,7 @@ def plot_training_curves(runs: list[AgentRun], path: Path) -> None:
 
 EVAL_COLUMNS = [
     ("name", "policy", 0), ("gold_reward", "gold reward", 3), ("gold_ci", "95% CI", 0),
+    ("gold_gain_ci", "gain vs SFT (paired 95% CI)", 0),
     ("learned_reward", "learned reward", 3), ("kl_ref", "KL to SFT", 2), ("length", "length", 1),
     ("eos_rate", "EOS rate", 2), ("judge_ppl", "judge ppl", 2), ("lexicon_fraction", "lexicon", 3),
     ("distinct_1", "distinct-1", 3), ("distinct_2", "distinct-2", 3),
@@ -385,7 +386,10 @@ def write_report(
     if evals:
         lines += ["", "## Held-out evaluation", ""]
         lines.append(markdown_table(
-            [{**e, "gold_ci": f"[{e['gold_ci'][0]:.3f}, {e['gold_ci'][1]:.3f}]"} for e in evals],
+            [{**e, "gold_ci": f"[{e['gold_ci'][0]:.3f}, {e['gold_ci'][1]:.3f}]",
+              **({"gold_gain_ci": f"{e['gold_gain']:+.3f} [{e['gold_gain_ci'][0]:+.3f}, "
+                                  f"{e['gold_gain_ci'][1]:+.3f}]"} if "gold_gain_ci" in e else {})}
+             for e in evals],
             EVAL_COLUMNS,
         ))  # fmt: skip
         lines += ["", *EVAL_LEGEND, "", *frontier_lines]
@@ -419,7 +423,14 @@ def explain(evals: list[dict], runs: list[AgentRun]) -> list[str]:
         if base is e:
             continue
         text = f"**{e['name']}** reached a mean gold reward of {e['gold_reward']:.3f} at KL {e['kl_ref']:.2f} from the SFT policy"
-        if base is not None:
+        if base is not None and "gold_gain_ci" in e:
+            low, high = e["gold_gain_ci"]
+            verdict = ("above SFT: the paired 95% interval of the gain excludes 0" if low > 0 else
+                       "BELOW SFT: the paired 95% interval of the gain excludes 0" if high < 0
+                       else "not distinguishable from SFT: the paired interval contains 0")  # fmt: skip
+            text += (f": {e['gold_gain']:+.3f} [{low:+.3f}, {high:+.3f}] vs SFT "
+                     f"({base['gold_reward']:.3f}), {verdict}")  # fmt: skip
+        elif base is not None:
             delta = e["gold_reward"] - base["gold_reward"]
             beats = e["gold_ci"][0] > base["gold_ci"][1]
             verdict = ("clearly above SFT (the 95% intervals do not overlap)" if beats else

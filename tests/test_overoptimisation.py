@@ -207,3 +207,18 @@ def test_budget_table_takes_each_curves_best_point_within_the_budget():
     assert lines[2] == "| 1 | 0.200 [0.100, 0.300] | — |"
     assert lines[3] == "| 4 | 0.600 [0.500, 0.700] | 0.500 [0.450, 0.550] |"
     assert lines[4] == "| 16 | 0.600 [0.500, 0.700] | 0.500 [0.450, 0.550] |"  # 0.4 is worse
+
+
+def test_paired_gain_ci_cancels_the_prompt_effect_both_policies_share():
+    from agents.common.evaluate import bootstrap_ci, paired_gain_ci
+
+    rng = np.random.default_rng(0)
+    prompt_effect = np.repeat(rng.normal(0, 1, 100), 4)  # 100 prompts, 4 samples each
+    baseline, policy = prompt_effect, prompt_effect + 0.1
+    assert paired_gain_ci(policy, baseline, per_prompt=4) == pytest.approx((0.1, 0.1))
+    low, high = bootstrap_ci(policy)  # unpaired: the prompt spread swamps the gain
+    assert high - low > 0.15  # ≈ 2 · 1.96 · 1 / √400
+    # by hand: per-prompt mean differences are 0.5 and 0.5 whatever the resampling
+    assert paired_gain_ci(np.array([1.0, 0, 1, 1]), np.array([0.0, 0, 1, 0]), 2) == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        paired_gain_ci(np.ones(5), np.ones(5), per_prompt=2)  # not whole prompts

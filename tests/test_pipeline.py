@@ -75,6 +75,10 @@ def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
         for key in ("distinct_1", "distinct_2", "unique_fraction", "self_bleu", "eos_rate"):
             assert 0 <= e[key] <= 1, (e["name"], key)
     assert saved["evaluations"][0]["kl_ref"] == pytest.approx(0.0, abs=1e-4)  # SFT vs itself
+    sft_gold = saved["evaluations"][0]["gold_reward"]
+    for e in saved["evaluations"][1:]:  # the gain over SFT, paired over the same prompts
+        assert e["gold_gain"] == pytest.approx(e["gold_reward"] - sft_gold)
+        assert e["gold_gain_ci"][0] <= e["gold_gain"] <= e["gold_gain_ci"][1]
     report = (out / "report.md").read_text()
     assert "reached a mean gold reward of" in report and "frontier.png" in report
     assert "fluency_vs_kl.png" in report and "Failure thresholds" in report

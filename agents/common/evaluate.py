@@ -164,6 +164,23 @@ def evaluate(
     )
 
 
+def paired_gain_ci(
+    values: np.ndarray,
+    baseline: np.ndarray,
+    per_prompt: int = 1,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(values) − mean(baseline) when both were sampled on
+    the same prompts in the same order (``per_prompt`` consecutive samples each): prompts are
+    resampled together, so the prompt-to-prompt spread both share cancels."""
+    diff = (np.asarray(values, np.float64) - np.asarray(baseline, np.float64)).reshape(
+        -1, per_prompt
+    )
+    return bootstrap_ci(diff.mean(axis=1), n_boot, level, seed)
+
+
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0):
     """Percentile bootstrap interval of the mean: ``(low, high)``."""
     values = np.asarray(values, dtype=np.float64)
@@ -290,7 +307,8 @@ def evaluate_policies(
 ) -> list[dict]:
     """Every ``(name, policy)`` through the env on the same held-out prompts and seed: one
     summary per policy (rewards with a 95% bootstrap interval, KL to ``reference``, length,
-    ``quality_metrics``, samples). Policies are ``save_pretrained`` directories sharing the
+    ``quality_metrics``, samples). Policies after one named ``sft`` or ``reference`` also get
+    ``gold_gain`` over it with a paired 95% interval (``paired_gain_ci``). Policies are ``save_pretrained`` directories sharing the
     reference's tokenizer (the first policy's when there is no reference)."""
     ref_model, tokenizer = load_policy(reference if reference is not None else policies[0][1])
     ref_model = ref_model.eval() if reference is not None else None
@@ -301,7 +319,7 @@ def evaluate_policies(
     pool = list(env.setup.task.prompts("eval"))
     n = suite.samples_per_prompt
     prompts = [pool[i % len(pool)] for i in range(suite.prompts // n) for _ in range(n)]
-    summaries = []
+    summaries, baseline = [], None
     for name, path in tqdm(policies, desc="evaluate"):
         policy, policy_tokenizer = load_policy(path)
         check_same_tokenizer(policy_tokenizer, tokenizer, f"policy {name!r} and the reference")
@@ -323,6 +341,12 @@ def evaluate_policies(
             "quality_seconds": time.perf_counter() - start,
             "samples": result.samples,
         }
+        if name in ("sft", "reference") and baseline is None:
+            baseline = result.gold_rewards
+        elif baseline is not None:
+            summary["gold_gain"] = summary["gold_reward"] - float(np.mean(baseline))
+            summary["gold_gain_ci"] = list(paired_gain_ci(result.gold_rewards, baseline, n,
+                                                          seed=suite.seed))  # fmt: skip
         summaries.append(summary)
     return summaries
 
