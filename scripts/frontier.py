@@ -251,7 +251,7 @@ def fit_lines(fits: dict, measured: dict[str, list[tuple]]) -> list[str]:
 def plot_frontiers(
     groups: dict[str, list[dict]], bon: dict | None, sft: dict | None, path: Path
 ) -> None:
-    from scripts.report import _pyplot, color_of
+    from scripts.report import _pyplot, color_of, finish_axes
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -276,21 +276,15 @@ def plot_frontiers(
         ax.plot([0], [sft["gold_reward"]], "ks", label="SFT")
     ax.set_xscale("function", functions=(np.sqrt, np.square))  # d = √KL spacing (Gao et al.)
     ax.set_xlim(left=0)
-    ax.set_xlabel("KL(π ‖ π_SFT)  [nats per completion; square-root scale]")
-    ax.set_ylabel("gold reward (held-out prompts, 95% CI)")
-    ax.set_title("Reward–KL frontier: one point per β, best-of-n for reference")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_axes(fig, ax, path, "KL(π ‖ π_SFT)  [nats per completion; square-root scale]",
+                "gold reward (held-out prompts, 95% CI)",
+                "Reward–KL frontier: one point per β, best-of-n for reference", "lower right")  # fmt: skip
 
 
 def plot_law(
     fits: dict, groups: dict[str, list[dict]], bon: dict | None, sft_gold: float, path: Path
 ) -> None:
-    from scripts.report import _pyplot, color_of
+    from scripts.report import _pyplot, color_of, finish_axes
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -311,14 +305,14 @@ def plot_law(
         ax.plot(grid, fit(grid), style, color=color, label=f"{name}: α={fit.alpha:.2f}, "
                 f"β={fit.beta:.2f}")  # fmt: skip
     ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xlabel("d = √KL(π ‖ π_SFT)")
-    ax.set_ylabel("gold reward gained over the SFT policy")
-    ax.set_title("Over-optimisation law (Gao et al. 2022): points and fits")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_axes(
+        fig,
+        ax,
+        path,
+        "d = √KL(π ‖ π_SFT)",
+        "gold reward gained over the SFT policy",
+        "Over-optimisation law (Gao et al. 2022): points and fits",
+    )
 
 
 def frontier_section(evals: list[dict], bon: dict | None, out_dir: Path) -> tuple[list, dict]:

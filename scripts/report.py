@@ -158,6 +158,20 @@ def _pyplot():
     return plt
 
 
+def finish_axes(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, loc: str = "best"):
+    """Label one-axes figure ``fig``, add a grid and (if anything is labelled) a legend, save it
+    to ``path`` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc=loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 METHOD_COLORS = {"ppo_gold": "tab:purple", "ppo": "tab:blue", "reinforce": "tab:green",
                  "dpo": "tab:red", "sft": "black"}  # fmt: skip
 
@@ -349,14 +363,9 @@ def plot_fluency_vs_kl(evals: list[dict], path: Path) -> bool:
     for e in points:
         if baseline_of(e, evals) is e:
             ax.axhline(e["judge_ppl"], ls="--", lw=1, color="gray")
-    ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
-    ax.set_ylabel("judge perplexity of the completions (lower = more fluent)")
-    ax.set_title("Fluency against KL (dashed: SFT)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_axes(fig, ax, path, "KL(π ‖ π_ref)  [nats per completion]",
+                "judge perplexity of the completions (lower = more fluent)",
+                "Fluency against KL (dashed: SFT)")  # fmt: skip
     return True
 
 
