@@ -71,7 +71,8 @@ def best_of_n_curves(
                 "gold_ci": list(bootstrap_ci(per_prompt, seed=seed)),
                 "selector_value": float(best_of_n_values(select, select, n).mean()),
             })  # fmt: skip
-    return {"prompts": prompts, "n_max": n_max, "curves": curves}
+    return {"prompts": prompts, "distinct_prompts": len(set(chosen)), "n_max": n_max,
+            "curves": curves}  # fmt: skip
 
 
 def method_points(evals: list[dict]) -> dict[str, list[dict]]:
@@ -323,9 +324,10 @@ def frontier_section(evals: list[dict], bon: dict | None, out_dir: Path) -> tupl
     plot_frontiers(groups, bon, sft, out_dir / "frontier.png")
     lines = ["## Reward–KL frontier", "", "![reward-KL frontier](frontier.png)", ""]
     if bon:
+        distinct = bon.get("distinct_prompts", bon["prompts"])
         lines.append(f"Best-of-n from the SFT policy: {bon['n_max']} samples of each of "
-                     f"{bon['prompts']} held-out prompts, n = 1 … {bon['n_max']}, KL = log n − "
-                     "(n − 1)/n (analytic).")  # fmt: skip
+                     f"{bon['prompts']} held-out prompts ({distinct} distinct, cycled), n = 1 … "
+                     f"{bon['n_max']}, KL = log n − (n − 1)/n (analytic).")  # fmt: skip
         lines.append("")
     lines += ["The best gold reward each curve reached within a KL budget (its best measured point "
               "there, with that point's 95% interval; — : no point that close to SFT):", "",
