@@ -43,8 +43,13 @@ from agents.common.policy import load_policy, set_num_threads
 from scripts.options import check_writable
 
 TASK = "arithmetic_chain"
-TASK_KWARGS = {"num_terms": 3, "max_operand": 9}
-CHAIN = {"task": TASK, "task_kwargs": TASK_KWARGS}
+
+
+def chain(num_terms: int) -> dict:
+    """The env options of the study's task: ``num_terms`` single-digit terms."""
+    return {"task": TASK, "task_kwargs": {"num_terms": num_terms, "max_operand": 9}}
+
+
 METHODS = {
     "ppo_outcome": "PPO, outcome reward only",
     "ppo_gold_process": "PPO + gold step checker (shaping)",
@@ -110,6 +115,9 @@ class StudyConfig:
     """β of the DPO run, and of the implicit PRM built from it."""
     threads: int = 1
     """Torch threads (0 = every core; the tiny models gain little from more than one)."""
+    num_terms: int = 3
+    """Terms per chain (num_terms − 1 steps): longer chains make a right answer rarer and give
+    more steps to blame."""
 
     def __post_init__(self) -> None:
         seeds = self.seeds.split(",")
@@ -126,6 +134,8 @@ class StudyConfig:
         for option, value in zero_ok:
             if value < 0:
                 raise ValueError(f"{option} {value}: must be >= 0")
+        if not (isinstance(self.num_terms, int) and self.num_terms >= 2):
+            raise ValueError(f"--num-terms {self.num_terms!r}: a chain needs at least 2 terms")
         for option, value in (("--dpo-beta", self.dpo_beta),
                               ("--learning-rate", self.learning_rate)):  # fmt: skip
             if not value > 0:
@@ -144,13 +154,13 @@ class Evaluator:
     """Pass@1 and KL to the SFT policy on the held-out prompts, the same samples' random stream
     at every call (common random numbers across methods and points)."""
 
-    def __init__(self, sft_dir: Path, repeats: int):
+    def __init__(self, sft_dir: Path, repeats: int, env_kwargs: dict):
         from llm_env.vector import TokenMDPVectorEnv
 
         self.ref, tokenizer = load_policy(sft_dir)
         self.ref.eval()
         self.env = TokenMDPVectorEnv(
-            num_envs=50, autoreset_mode="disabled", tokenizer=tokenizer, split="eval", **CHAIN
+            num_envs=50, autoreset_mode="disabled", tokenizer=tokenizer, split="eval", **env_kwargs
         )
         self.prompts = [p for p in self.env.setup.task.eval_prompts for _ in range(repeats)]
 
@@ -194,6 +204,7 @@ class Study:
         self.out = Path(config.out)
         self.models, self.runs = self.out / "models", self.out / "runs"
         self.seed = config.seed_list[0]
+        self.chain = chain(config.num_terms)
         self.heldout_rows: list[dict] = []  # the PRM's held-out rows, to rank steps on
         self.results: dict = {"config": dataclasses.asdict(config),
                               "budget": dataclasses.asdict(self.budget), "runs": []}  # fmt: skip
@@ -207,7 +218,9 @@ class Study:
         config = SFTConfig(seed=self.seed, max_steps=self.budget.sft_steps, batch_size=32,
                            epochs=100.0, heldout_fraction=0.0, log_every=0, save_every=0)  # fmt: skip
         path = self.models / "sft"
-        pretrain_on_task(TASK, TASK_KWARGS, path, config, self.runs / "sft", self.budget.model)
+        pretrain_on_task(
+            TASK, self.chain["task_kwargs"], path, config, self.runs / "sft", self.budget.model
+        )
         return path
 
     def train_prm(self, sft: Path) -> Path:
@@ -217,7 +230,7 @@ class Study:
         b = self.budget
         labels = StepLabelConfig(seed=self.seed, num_prompts=b.prm_prompts,
                                  samples_per_prompt=b.prm_samples, labels=self.config.prm_labels)  # fmt: skip
-        rows = sample_step_data(sft, None, CHAIN, labels)
+        rows = sample_step_data(sft, None, self.chain, labels)
         write_step_data(rows, self.out / "data" / "steps.jsonl", labels)
         config = PRMConfig(seed=self.seed, epochs=b.prm_epochs, log_every=0, save_every=0)
         trainer = PRMTrainer(sft, rows, config, self.runs / "prm")
@@ -240,7 +253,9 @@ class Study:
         prefs = PreferenceConfig(
             seed=self.seed, num_prompts=b.dpo_prompts, k=4, label_temperature=0.0
         )
-        pairs = sample_preferences(sft, None, CHAIN, None, prefs, self.out / "data" / "pairs.jsonl")
+        pairs = sample_preferences(
+            sft, None, self.chain, None, prefs, self.out / "data" / "pairs.jsonl"
+        )
         rows = [json.loads(line) for line in pairs.read_text().splitlines()]
         strict = [r for r in rows if r["chosen_gold"] != r["rejected_gold"]]
         if not strict:  # no sample right (a tiny --quick policy): the pairs' order is arbitrary
@@ -273,8 +288,8 @@ class Study:
             config = GRPOConfig(**common, batch_size=b.rl_batch // G, group_size=G,
                                 minibatch_size=b.rl_batch // 2,
                                 kl=KLConfig(beta=self.config.beta, kl_estimator="k3"))  # fmt: skip
-            return GRPO(sft, None, CHAIN, config, run_dir)
-        env_kwargs = dict(CHAIN)
+            return GRPO(sft, None, self.chain, config, run_dir)
+        env_kwargs = dict(self.chain)
         if method in ("ppo_gold_process", "ppo_prm", "ppo_implicit"):
             prm = {"ppo_gold_process": "task", "ppo_prm": str(extras.get("prm")),
                    "ppo_implicit": extras.get("implicit")}[method]  # fmt: skip
@@ -309,7 +324,7 @@ class Study:
         for name, spec in extras.items():  # how each ranks the PRM's held-out steps
             if self.heldout_rows:
                 self.results[name]["step_auc"] = step_auc(*step_scores(spec, self.heldout_rows))
-        evaluator = Evaluator(sft, self.budget.eval_repeats)
+        evaluator = Evaluator(sft, self.budget.eval_repeats, self.chain)
         self.results["sft"] = {"completions": 0, **evaluator(evaluator.ref)}
         for seed in self.config.seed_list:
             for method in methods:

@@ -101,6 +101,17 @@ def test_process_study_quick_runs_every_method(tmp_path):
     assert (tmp_path / "models" / "prm" / "prm.json").is_file()
 
 
+def test_process_study_num_terms_sets_the_chain_length(tmp_path):
+    cli.main(["process-study", "--quick", "--out", str(tmp_path), "--methods", "ppo_implicit",
+              "--seeds", "0", "--threads", "1", "--num-terms", "4"])  # fmt: skip
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["num_terms"] == 4
+    pairs = [
+        json.loads(line) for line in (tmp_path / "data" / "pairs.jsonl").read_text().splitlines()
+    ]
+    assert pairs and all(row["prompt"].count("+") == 3 for row in pairs)  # four terms
+
+
 def test_step_auc_by_hand():
     scores, labels = np.array([0.9, 0.2, 0.6, 0.6]), np.array([True, False, True, False])
     # correct {0.9, 0.6} vs wrong {0.2, 0.6}: 3 pairs ranked right, one tie → (3 + 0.5) / 4
@@ -113,7 +124,8 @@ def test_step_auc_by_hand():
     [(["--methods", "ppo,bogus"], "unknown method ppo, bogus"),
      (["--seeds", "0,x"], "--seeds '0,x': give comma-separated integers"),
      (["--prm-labels", "maybe"], "--prm-labels 'maybe'"),
-     (["--dpo-beta", "0"], "--dpo-beta 0.0: must be > 0")],
+     (["--dpo-beta", "0"], "--dpo-beta 0.0: must be > 0"),
+     (["--num-terms", "1"], "--num-terms 1: a chain needs at least 2 terms")],
 )  # fmt: skip
 def test_process_study_rejects_bad_options(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
