@@ -14,7 +14,8 @@ reward model has the same protocol, called with the completions so far (the env'
 - ``"implicit:POLICY_DIR,REF_DIR,BETA"``: the implicit process reward β·Σ log π_φ/π_ref of a
   DPO-trained policy and its reference (``reward_models.implicit``),
 - ``"package.module:attr"`` where ``attr`` is a RewardModel object, a class whose no-argument
-  instance is one, or a plain function ``f(prompts, completions) -> sequence of floats``,
+  instance is one, or a plain function ``f(prompts, completions) -> sequence of floats``; or
+  ``"path/to/file.py:attr"``, the same from a Python file (no need to be on ``sys.path``),
 - an object that already has a ``score`` method (returned as is),
 - or a plain function with TRL's reward-function signature, ``f(prompts, completions, **kwargs)
   -> list[float]`` (``def f(completions, **kwargs)`` too), wrapped in ``FunctionRewardModel``.
@@ -23,6 +24,7 @@ reward model has the same protocol, called with the completions so far (the env'
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import reprlib
 from collections.abc import Callable, Sequence
@@ -171,10 +173,23 @@ def register_reward_model(name: str, factory: Callable[[], RewardModel]) -> None
     REWARD_MODELS[name] = factory
 
 
+def _import_module(name: str):
+    """``name`` imported as a module, or, if it names a ``.py`` file, that file loaded as one."""
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    path = Path(name)
+    if not path.is_file():
+        raise ImportError(f"no Python file {name!r}")
+    module_spec = importlib.util.spec_from_file_location(f"_reward_file_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def _from_import_path(spec: str) -> RewardModel:
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = spec.rpartition(":")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        obj = getattr(_import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(
             f"reward model {spec!r}: cannot import {attr!r} from {module_name!r} ({e})"
@@ -219,5 +234,5 @@ def load_reward_model(spec: str | Path | RewardModel) -> RewardModel:
     raise ValueError(
         f"unknown reward model {text!r}: expected one of the registered names {sorted(REWARD_MODELS)}, "
         "a directory saved by the Bradley-Terry or PRM trainer, 'implicit:POLICY_DIR,REF_DIR,BETA' "
-        "or 'package.module:callable'"
+        "'package.module:callable' or 'path/to/file.py:callable'"
     )

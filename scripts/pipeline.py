@@ -60,8 +60,8 @@ class PipelineConfig:
     pre-trains (SFT) the policy."""
     gold_reward: str = ""
     """Your own task's gold reward: a registered name, a saved reward-model directory, or
-    module:callable (a class, an object with score(), or a function f(prompts, completions,
-    **kwargs) -> list[float]); from Python, the function itself."""
+    file.py:callable / module:callable (a class, an object with score(), or a function
+    f(prompts, completions, **kwargs) -> list[float]); from Python, the function itself."""
     eval_prompts: str = ""
     """Your own task's held-out prompts (JSONL like --prompts); default: the training prompts."""
     seed: int = 0

@@ -98,6 +98,19 @@ def test_jsonl_task_with_any_reward_model(tmp_path, arithmetic_tokenizer):
         TokenMDPEnv(task="jsonl", task_kwargs={"path": str(path)}, tokenizer=arithmetic_tokenizer)
 
 
+def test_reward_model_from_a_python_file(tmp_path):
+    """``path/to/file.py:callable``: a user's reward function without a package or sys.path."""
+    (tmp_path / "my_reward.py").write_text(
+        "def score(prompts, completions, **kwargs):\n    return [len(c) / 10 for c in completions]\n"
+    )
+    model = load_reward_model(f"{tmp_path / 'my_reward.py'}:score")
+    np.testing.assert_allclose(model.score(["p", "q"], ["ab", "abcde"]), [0.2, 0.5])
+    with pytest.raises(ValueError, match=r"cannot import 'nope' .*my_reward\.py"):
+        load_reward_model(f"{tmp_path / 'my_reward.py'}:nope")
+    with pytest.raises(ValueError, match="no Python file .*missing.py"):
+        load_reward_model(f"{tmp_path / 'missing.py'}:score")
+
+
 def test_unknown_reward_model_lists_registered_names():
     with pytest.raises(
         ValueError,

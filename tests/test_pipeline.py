@@ -271,7 +271,7 @@ def test_pipeline_runs_on_your_own_prompts_corpus_and_reward_function(tmp_path, 
 
     out = tmp_path / "own"
     main(["--out", str(out), "--quick", "--prompts", paths["prompts"], "--corpus",
-          paths["corpus"], "--gold-reward", "my_gold:reward", "--eval-prompts",
+          paths["corpus"], "--gold-reward", f"{tmp_path / 'my_gold.py'}:reward", "--eval-prompts",
           paths["eval_prompts"], "--methods", "ppo,dpo", "--betas", "0.1,1"])  # fmt: skip
     tokenizer = load_tokenizer(out / "models" / "sft")  # trained on the corpus
     text = "the show was good and dull ."
