@@ -1,4 +1,5 @@
-"""``tokenmdp pipeline``: the whole RLHF-vs-DPO study on a built-in task, end to end, offline.
+"""``tokenmdp pipeline``: the whole RLHF-vs-DPO study on a built-in task or your own data
+(``--prompts``, ``--corpus``, ``--gold-reward``), end to end, offline.
 
 Stages are keyed by their inputs: the options and stage sizes a stage uses and the keys of the
 stages it builds on, hashed (sha256 of canonical JSON). A finished stage leaves
@@ -13,14 +14,22 @@ changed. The stages:
    ``judge``: another tiny GPT-2, another seed, fewer steps: the fluency judge of step 4.
 2. ``preferences``: sample k completions per prompt from the SFT policy through the env, label
    pairs with Bradley–Terry noise on the gold reward.  ``reward_model``: train the BT model.
+   ``best_of_n``: N samples per held-out prompt from the SFT policy, scored by the learned and
+   the gold reward: the best-of-n curve (``scripts.frontier``).
 3. ``ppo``, ``reinforce``, ``grpo`` (against the learned reward model) and ``dpo`` (on the
-   pairs), from the same SFT checkpoint with the same prompt budget; optionally ``ppo_gold`` and
-   a β sweep. On a verifiable task (``--task arithmetic``: two-digit sums, SFT on 500
+   pairs), from the same SFT checkpoint with the same prompt budget, each at every β of the
+   sweep (default 0.03, 0.1, 0.3: the points of its frontier); optionally ``ppo_gold``. On a verifiable task (``--task arithmetic``: two-digit sums, SFT on 500
    demonstrations) there is no reward model: the RL methods train against the verifier itself
    and DPO's pairs are labelled by it (RL from verifiable rewards); the evaluation adds pass@k.
 4. ``evaluate``: every final policy and the SFT policy on held-out prompts through the env, by
    the evaluation suite (``agents.common.evaluate.evaluate_policies``).
-5. ``report``: ``report.md``, ``results.json`` and PNG plots in the run directory.
+5. ``report``: ``report.md``, ``results.json`` and PNG plots in the run directory, with the
+   frontier section (best-of-n, Gao et al. fits) of ``scripts.frontier``.
+
+A user's own task is the ``jsonl`` task with a corpus: the corpus trains the tokenizer and the
+policy, the gold reward labels the pairs and grades the study; the built-in tasks are presets
+(``TaskPreset``) of the same path. The run prints an estimate of its time first, from measured
+per-stage rates (``Budget.seconds``) and the stages its keys say will run.
 """
 
 from __future__ import annotations
