@@ -37,7 +37,7 @@ def assert_png(path: Path) -> None:
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
-BETAS = (0.03, 0.1, 0.3)  # the default sweep
+BETAS = (0.03, 0.1, 0.3, 1.0)  # the default sweep
 RUNS = [f"{m}-beta{b:g}" for m in ("ppo", "reinforce", "grpo", "dpo") for b in BETAS]
 
 
