@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -96,6 +98,28 @@ def test_jsonl_task_with_any_reward_model(tmp_path, arithmetic_tokenizer):
     assert env.setup.task.demonstrations == (("3+3=", "6"),)
     with pytest.raises(ValueError, match="has no gold reward: pass reward_model"):
         TokenMDPEnv(task="jsonl", task_kwargs={"path": str(path)}, tokenizer=arithmetic_tokenizer)
+
+
+def test_jsonl_task_with_a_corpus_is_self_contained(tmp_path):
+    """A corpus trains the task's tokenizer and becomes demonstrations (empty prompt); the gold
+    reward spec rides along, so the env needs no tokenizer= or reward_model=."""
+    prompts, corpus = tmp_path / "p.jsonl", tmp_path / "c.jsonl"
+    prompts.write_text('{"prompt": "the cat"}\n{"prompt": "a dog", "completion": " ran"}\n')
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n"
+                              for t in ["the cat sat .", "a dog ran far ."] * 20))  # fmt: skip
+    task = make_task("jsonl", path=str(prompts), corpus=str(corpus), gold_reward="length")
+    assert task.demonstrations[0] == ("a dog", " ran")
+    assert task.demonstrations[1:3] == (("", "the cat sat ."), ("", "a dog ran far ."))
+    tokenizer = task.tokenizer()
+    ids = tokenizer("the cat sat .")["input_ids"]
+    assert tokenizer.decode(ids) == "the cat sat ." and tokenizer.unk_token_id not in ids
+    env = TokenMDPEnv(task=task)
+    _, info = env.reset(seed=0)
+    assert env.setup.tokenizer is tokenizer and task.gold_reward == "length"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": "  "}\n')
+    with pytest.raises(JsonlError, match=r"bad.jsonl:2: key 'text' is blank"):
+        make_task("jsonl", path=str(prompts), corpus=str(bad))
 
 
 def test_reward_model_from_a_python_file(tmp_path):
