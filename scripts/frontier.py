@@ -217,6 +217,11 @@ def decline(points: list[tuple]) -> str | None:
     return f"{points[best][1]:.3f} at KL {points[best][0]:.2f} → {low[1]:.3f} at KL {low[0]:.2f}"
 
 
+def kl_text(kl: float) -> str:
+    """A fitted peak's KL for the report: "never" (no peak), "> 10,000" (far out), or 2 decimals."""
+    return "never" if math.isinf(kl) else "> 10,000" if kl > 1e4 else f"{kl:.2f}"
+
+
 def fit_lines(fits: dict, measured: dict[str, list[tuple]]) -> list[str]:
     """The fits' table, then per curve what the fit and the measured points say."""
     lines = [
@@ -225,9 +230,8 @@ def fit_lines(fits: dict, measured: dict[str, list[tuple]]) -> list[str]:
     ]
     for name, fit in fits.items():
         form = "d(α − βd)" if fit.form == "bon" else "d(α − β log d)"
-        peak = fit.peak_d**2
         lines.append(f"| {name} | {form} | {fit.alpha:.3f} | {fit.beta:.3f} | {fit.rmse:.3f} | "
-                     f"{fit.points} | {'never' if math.isinf(peak) else f'{peak:.2f}'} |")  # fmt: skip
+                     f"{fit.points} | {kl_text(fit.peak_d**2)} |")  # fmt: skip
     lines.append("")
     for name, fit in fits.items():
         points = measured[name]
@@ -237,7 +241,7 @@ def fit_lines(fits: dict, measured: dict[str, list[tuple]]) -> list[str]:
         elif fit.peak_d**2 <= points[-1][0]:
             text = f"the fit peaks at KL {fit.peak_d**2:.2f}, inside the measured range"
         else:
-            text = (f"the fit peaks at KL {fit.peak_d**2:.2f}, beyond the last point (KL "
+            text = (f"the fit peaks at KL {kl_text(fit.peak_d**2)}, beyond the last point (KL "
                     f"{points[-1][0]:.2f}): an extrapolation")  # fmt: skip
         if fell:
             text += f"; the measured gold fell past its best point, beyond the intervals ({fell})"

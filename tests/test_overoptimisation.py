@@ -222,3 +222,9 @@ def test_paired_gain_ci_cancels_the_prompt_effect_both_policies_share():
     assert paired_gain_ci(np.array([1.0, 0, 1, 1]), np.array([0.0, 0, 1, 0]), 2) == (0.5, 0.5)
     with pytest.raises(ValueError):
         paired_gain_ci(np.ones(5), np.ones(5), per_prompt=2)  # not whole prompts
+
+
+def test_kl_text_for_near_far_and_missing_peaks():
+    from scripts.frontier import kl_text
+
+    assert (kl_text(2.6912), kl_text(1.1e18), kl_text(math.inf)) == ("2.69", "> 10,000", "never")
