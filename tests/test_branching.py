@@ -188,3 +188,26 @@ def test_a_rollout_continues_from_a_prefix(chain_tokenizer):
     prompt_length = venv.reset(options={"prompts": [PROMPT] * 2})[1]["prompt_length"][0]
     assert roll.prompt_width == prompt_length + len(prefix)
     assert roll.lengths.tolist() == [1.0, 1.0]  # the new tokens: EOS only
+
+
+def test_branches_of_unequal_prefixes_stay_within_the_models_positions(chain_tokenizer):
+    """A batch mixing a long prefix (done after a few tokens) with an empty one (runs up to
+    max_new_tokens): the finished row must not keep advancing its position. A model with
+    exactly prompt + max_new_tokens positions is enough for every branch."""
+    import torch
+
+    from agents.common.policy import SamplingConfig
+    from agents.common.rollout import rollout
+    from llm_env import tiny_gpt2
+
+    venv = TokenMDPVectorEnv(2, **CHAIN, tokenizer=chain_tokenizer, autoreset_mode="disabled")
+    setup = venv.setup
+    n_positions = setup.max_prompt_tokens + setup.max_new_tokens
+    model = tiny_gpt2(chain_tokenizer, n_layer=1, n_head=2, n_embd=16, n_positions=n_positions)
+    long = ids(chain_tokenizer, "6+7=13;13+9=2")[: setup.max_new_tokens - 1]
+    for seed in range(3):  # an untrained model rarely stops early: the empty branch runs long
+        roll = rollout(model, venv, SamplingConfig(), torch.Generator().manual_seed(seed),
+                       prompts=[PROMPT, PROMPT], prefixes=[long, []])  # fmt: skip
+        # (without the fix the finished row's position passed n_positions: IndexError)
+        assert (roll.attention_mask.sum(-1) <= n_positions).all()  # real tokens of each row
+        assert roll.completion_mask[1].sum() > roll.completion_mask[0].sum()

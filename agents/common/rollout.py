@@ -275,7 +275,9 @@ def rollout(
         outcomes.record(t, step_rewards, terminated | truncated, step_info)
         if not env.active.any():
             break
-        positions = positions + 1
+        # only running sequences advance: a finished one (its pads are masked out) must not walk
+        # past the model's positions while a branch with a shorter prefix runs on
+        positions = positions + torch.from_numpy(env.active).to(device)[:, None].long()
         mask = attention[:, : width + t + 1]
         out = forward_step(model, new[:, None], mask, positions, precision, output_cache(out))
     model.train(was_training)
