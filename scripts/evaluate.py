@@ -7,7 +7,7 @@ a judge LM trained on the task corpus, lexicon fraction, distinct-1/2, unique fr
 self-BLEU, corr(reward, length), and the failures each shows against the reference's numbers.
 Writes ``report.md``, ``results.json`` and ``fluency_vs_kl.png`` to ``--out``.
 
-  tokenmdp evaluate runs/pipeline/sentiment/ppo-ppo/final dpo=runs/pipeline/sentiment/dpo-dpo/final \\
+  tokenmdp evaluate runs/pipeline/sentiment/ppo-ppo-beta0.1/final dpo=runs/pipeline/sentiment/dpo-dpo-beta0.1/final \\
       --task sentiment --reference runs/pipeline/models/sft --judge runs/pipeline/models/judge
 """
 
@@ -96,7 +96,7 @@ def train_judge(args: argparse.Namespace, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from scripts.report import EVAL_COLUMNS, markdown_table, write_report
+    from scripts.report import EVAL_COLUMNS, eval_table, write_report
 
     parser = argparse.ArgumentParser(
         prog="tokenmdp evaluate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     require_writable(parser, "--out", args.out)
     evals = run_suite(parser, args, [policy_name(spec) for spec in args.policies])
     write_report([], evals, Path(args.out))
-    print(markdown_table(evals, [c for c in EVAL_COLUMNS if c[0] != "gold_ci"]))
+    print(eval_table(evals, [c for c in EVAL_COLUMNS if c[0] != "gold_ci"]))
     print(f"\nreport: {Path(args.out) / 'report.md'}")
 
 

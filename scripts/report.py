@@ -238,6 +238,22 @@ EVAL_COLUMNS = [
     ("length_corr_gold", "corr(gold, len)", 2), ("length_corr_learned", "corr(learned, len)", 2),
     ("n", "prompts", 0),
 ]  # fmt: skip
+
+
+def eval_table(evals: list[dict], columns=None) -> str:
+    """The evaluations as a markdown table, intervals written ``[low, high]`` and the gain over
+    SFT as ``+gain [low, high]``."""
+
+    def cells(e: dict) -> dict:
+        out = {**e, "gold_ci": f"[{e['gold_ci'][0]:.3f}, {e['gold_ci'][1]:.3f}]"}
+        if "gold_gain_ci" in e:
+            low, high = e["gold_gain_ci"]
+            out["gold_gain_ci"] = f"{e['gold_gain']:+.3f} [{low:+.3f}, {high:+.3f}]"
+        return out
+
+    return markdown_table([cells(e) for e in evals], columns or EVAL_COLUMNS)
+
+
 EVAL_LEGEND = [
     "Columns (definitions in `agents/common/metrics.py`): *judge ppl* — per-token perplexity of "
     "the completions (and their EOS) under a separate LM pre-trained on the task corpus; "
@@ -394,13 +410,7 @@ def write_report(
     lines += explain(evals, runs)
     if evals:
         lines += ["", "## Held-out evaluation", ""]
-        lines.append(markdown_table(
-            [{**e, "gold_ci": f"[{e['gold_ci'][0]:.3f}, {e['gold_ci'][1]:.3f}]",
-              **({"gold_gain_ci": f"{e['gold_gain']:+.3f} [{e['gold_gain_ci'][0]:+.3f}, "
-                                  f"{e['gold_gain_ci'][1]:+.3f}]"} if "gold_gain_ci" in e else {})}
-             for e in evals],
-            EVAL_COLUMNS,
-        ))  # fmt: skip
+        lines.append(eval_table(evals))
         lines += ["", *EVAL_LEGEND, "", *frontier_lines]
         lines += ["", "## What the reward hides", "", *failure_report(evals, FailureThresholds())]
     if has_fluency:

@@ -119,11 +119,15 @@ def test_evaluate_cli(trained, tmp_path, capsys):
     evaluate.main([policy, f"again={policy}", *TASK, "--reference", policy, "--judge", policy,
                    "--reward-model", str(trained / "rm"), "--prompts", "8", "--num-envs", "4",
                    "--out", str(tmp_path / "given")])  # fmt: skip
-    assert "| judge ppl |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| judge ppl |" in printed
     results = json.loads((tmp_path / "given" / "results.json").read_text())
     evals = results["evaluations"]
     assert [e["name"] for e in evals] == ["reference", "policy", "again"]
     assert evals[1]["samples"] == evals[2]["samples"]  # the same prompts and seed
+    # the reference itself, same samples: a gain of exactly 0, and the table says so
+    assert evals[1]["gold_gain"] == 0.0 and evals[1]["gold_gain_ci"] == [0.0, 0.0]
+    assert "| +0.000 [+0.000, +0.000] |" in printed
     for e in evals:
         assert e["n"] == 8 and math.isfinite(e["learned_reward"])
         assert 1 < e["judge_ppl"] < 1e4 and 0 <= e["lexicon_fraction"] <= 1
