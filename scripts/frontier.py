@@ -186,8 +186,9 @@ def gao_fits(groups: dict[str, list[dict]], bon: dict | None, sft_gold: float) -
     fits = {}
     for selector, rows in (bon or {}).get("curves", {}).items():
         kl = np.array([r["kl"] for r in rows])
-        gain = np.array([r["gold_reward"] for r in rows]) - rows[0]["gold_reward"]
-        fits[f"best-of-n ({selector} reward)"] = gao_fit(kl, gain, "bon")
+        if np.count_nonzero(kl > 0) >= 2:  # n_max >= 4
+            gain = np.array([r["gold_reward"] for r in rows]) - rows[0]["gold_reward"]
+            fits[f"best-of-n ({selector} reward)"] = gao_fit(kl, gain, "bon")
     for method, points in groups.items():
         kl = np.array([p["kl_ref"] for p in points])
         if np.count_nonzero(kl > 0) >= 2:

@@ -228,3 +228,10 @@ def test_kl_text_for_near_far_and_missing_peaks():
     from scripts.frontier import kl_text
 
     assert (kl_text(2.6912), kl_text(1.1e18), kl_text(math.inf)) == ("2.69", "> 10,000", "never")
+
+
+def test_gao_fits_skip_curves_too_short_to_fit():
+    bon = {"curves": {"gold": [{"n": 1, "kl": 0.0, "gold_reward": 0.1, "gold_ci": [0, 0.2]},
+                               {"n": 2, "kl": best_of_n_kl(2), "gold_reward": 0.3,
+                                "gold_ci": [0.2, 0.4]}]}}  # fmt: skip
+    assert gao_fits(method_points(EVALS[:2]), bon, sft_gold=0.0) == {}  # one KL > 0 point each
