@@ -308,8 +308,9 @@ def evaluate_policies(
     """Every ``(name, policy)`` through the env on the same held-out prompts and seed: one
     summary per policy (rewards with a 95% bootstrap interval, KL to ``reference``, length,
     ``quality_metrics``, samples). Policies after one named ``sft`` or ``reference`` also get
-    ``gold_gain`` over it with a paired 95% interval (``paired_gain_ci``). Policies are ``save_pretrained`` directories sharing the
-    reference's tokenizer (the first policy's when there is no reference)."""
+    ``gold_gain`` over it with a paired 95% interval (``paired_gain_ci``). Policies are
+    ``save_pretrained`` directories sharing the reference's tokenizer (the first policy's when
+    there is no reference)."""
     ref_model, tokenizer = load_policy(reference if reference is not None else policies[0][1])
     ref_model = ref_model.eval() if reference is not None else None
     task = make_task(suite.task, **suite.task_kwargs)
