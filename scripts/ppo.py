@@ -40,12 +40,14 @@ def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentPars
     )
     io.add_argument(
         "--reward-model", help="load_reward_model spec: a registered name, a Bradley-Terry "
-        "directory or 'package.module:callable' (default: the task's gold reward)",
+        "directory, 'file.py:callable' or 'package.module:callable' (default: the task's gold "
+        "reward)",
     )  # fmt: skip
     io.add_argument(
         "--process-reward-model", help="dense rewards: a spec of a scorer of the steps so far "
-        "('task' = the task's gold step checker, a PRM directory, 'implicit:DPO_DIR', "
-        "'package.module:callable'), paid on each step's closing token (default: none)",
+        "('task' = the task's gold step checker, a PRM directory, "
+        "'implicit:POLICY_DIR,REF_DIR,BETA', 'file.py:callable' or 'package.module:callable'), "
+        "paid on each step's closing token (default: none)",
     )  # fmt: skip
     io.add_argument(
         "--step-boundary", help="the string that closes a step (default: the task's separator)"
