@@ -197,6 +197,44 @@ def gao_fits(groups: dict[str, list[dict]], bon: dict | None, sft_gold: float) -
     return fits
 
 
+ONLINE_AGENTS = ("ppo", "reinforce", "grpo")
+
+
+def training_fits(runs) -> tuple[dict, list[str]]:
+    """Gao et al.'s RL form along training, as in the paper: for every online run that optimised
+    the learned reward, the gold reward of its training samples at each log point, as a gain over
+    its first log point (samples of the SFT policy, drawn before any update), against d = √KL
+    of the same samples (k1). One fit per run; and a table row per run with the fit, the gold's
+    peak and end, and the learned reward at both."""
+    fits, rows = {}, []
+    for run in runs:
+        if run.agent not in ONLINE_AGENTS or "gold" in run.name:
+            continue
+        kl = dict(run.scalars.get("kl/ref", []))
+        learned = dict(run.scalars.get("reward/train", []))
+        points = [(s, kl[s], g) for s, g in run.scalars.get("reward/gold", []) if s in kl]
+        if len(points) < 3 or not all(s in learned for s, _, _ in points):
+            continue
+        kls, gains = (
+            np.array([p[1] for p in points]),
+            np.array([p[2] - points[0][2] for p in points]),
+        )
+        try:
+            fit = fits[run.label] = gao_fit(kls, gains, "rl")
+        except ValueError:  # fewer than two points with KL > 0
+            continue
+        peak, end = max(points, key=lambda p: p[2]), points[-1]
+        rows.append(f"| {run.label} | {fit.alpha:.3f} | {fit.beta:.3f} | {fit.rmse:.3f} | "
+                    f"{fit.points} | {kl_text(fit.peak_d**2)} | {peak[2]:.3f} at KL {peak[1]:.2f}"
+                    f" → {end[2]:.3f} at KL {end[1]:.2f} | {learned[peak[0]]:.3f} → "
+                    f"{learned[end[0]]:.3f} |")  # fmt: skip
+    if not rows:
+        return fits, []
+    header = ["| run | α | β | RMSE | points | peak at KL | gold: best log point → end | "
+              "learned reward there → end |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    return fits, header + rows
+
+
 def measured_curves(groups: dict[str, list[dict]], bon: dict | None) -> dict[str, list[tuple]]:
     """Every fitted curve's measured points, (KL, gold, 95% CI) in order of KL."""
     curves = {m: [(p["kl_ref"], p["gold_reward"], p["gold_ci"]) for p in pts]
@@ -321,9 +359,12 @@ def plot_law(
     )
 
 
-def frontier_section(evals: list[dict], bon: dict | None, out_dir: Path) -> tuple[list, dict]:
+def frontier_section(
+    evals: list[dict], bon: dict | None, out_dir: Path, runs=()
+) -> tuple[list, dict]:
     """The report's frontier section (markdown lines) and its ``results.json`` entries; draws
-    ``frontier.png`` and, when there is something to fit, ``overoptimisation_law.png``."""
+    ``frontier.png`` and, when there is something to fit, ``overoptimisation_law.png``.
+    ``runs``: the agents' runs (``scripts.report.AgentRun``), for the fits along training."""
     groups = method_points(evals)
     sft = next((e for e in evals if e["name"] == "sft"), None)
     plot_frontiers(groups, bon, sft, out_dir / "frontier.png")
@@ -355,4 +396,14 @@ def frontier_section(evals: list[dict], bon: dict | None, out_dir: Path) -> tupl
                   *fit_lines(fits, measured_curves(groups, bon)), "",
                   "![over-optimisation law](overoptimisation_law.png)"]  # fmt: skip
         results["gao_fits"] = {name: fit.as_dict() for name, fit in fits.items()}
+    along, table = training_fits(runs)
+    if along:
+        lines += ["", "### The law along training, run by run", "",
+                  "As Gao et al. fit it: each online run's training samples at every log point, "
+                  "gold gain over its first log point (the SFT policy's samples) against "
+                  "d = √KL of the same samples, d(α − β log d). A log point averages one "
+                  "iteration's samples (its batch of prompts; GRPO and RLOO: × their group "
+                  "size), so its gold carries sampling noise: read a fall from the best point to the end "
+                  "as over-optimisation only when it is larger than that noise.", "", *table]  # fmt: skip
+        results["gao_fits_training"] = {name: fit.as_dict() for name, fit in along.items()}
     return lines, results

@@ -398,7 +398,7 @@ def write_report(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(runs)
-    frontier_lines, frontier_results = frontier_section(evals, best_of_n, out_dir)
+    frontier_lines, frontier_results = frontier_section(evals, best_of_n, out_dir, runs)
     has_overopt = plot_overoptimisation(runs, out_dir / "overoptimisation.png")
     has_fluency = plot_fluency_vs_kl(evals, out_dir / "fluency_vs_kl.png")
     if runs:

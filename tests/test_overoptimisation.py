@@ -235,3 +235,33 @@ def test_gao_fits_skip_curves_too_short_to_fit():
                                {"n": 2, "kl": best_of_n_kl(2), "gold_reward": 0.3,
                                 "gold_ci": [0.2, 0.4]}]}}  # fmt: skip
     assert gao_fits(method_points(EVALS[:2]), bon, sft_gold=0.0) == {}  # one KL > 0 point each
+
+
+def test_training_fits_follow_each_online_run_from_its_first_log_point():
+    from pathlib import Path
+
+    from scripts.frontier import training_fits
+    from scripts.report import AgentRun
+
+    d = np.linspace(0.0, 3.0, 10)
+    gold = 0.1 + d * (0.6 - 0.2 * np.log(np.where(d > 0, d, 1.0)))  # the RL law, from gold 0.1
+    steps = [64 * (i + 1) for i in range(10)]
+    learned = 2 * gold
+    scalars = {"kl/ref": list(zip(steps, d**2)), "reward/gold": list(zip(steps, gold)),
+               "reward/train": list(zip(steps, learned))}  # fmt: skip
+    runs = [AgentRun(Path("ppo-ppo-beta0.1"), "ppo", "ppo-beta0.1", scalars),
+            AgentRun(Path("dpo-dpo-beta0.1"), "dpo", "dpo-beta0.1", scalars),  # offline: skipped
+            AgentRun(Path("ppo-gold"), "ppo", "gold", scalars)]  # against the gold: skipped  # fmt: skip
+    fits, table = training_fits(runs)
+    assert list(fits) == ["ppo-ppo-beta0.1"]
+    assert (fits["ppo-ppo-beta0.1"].alpha, fits["ppo-ppo-beta0.1"].beta) == (
+        pytest.approx(0.6),
+        pytest.approx(0.2),
+    )
+    best = int(np.argmax(gold))
+    assert table[2] == (
+        f"| ppo-ppo-beta0.1 | 0.600 | 0.200 | 0.000 | 10 | {math.exp(2) ** 2:.2f} | "
+        f"{gold[best]:.3f} at KL {d[best] ** 2:.2f} → {gold[-1]:.3f} at KL 9.00 | "
+        f"{learned[best]:.3f} → {learned[-1]:.3f} |"
+    )
+    assert training_fits(runs[1:]) == ({}, [])

@@ -65,6 +65,8 @@ def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     curves = saved["best_of_n"]["curves"]
     assert set(curves) == {"learned", "gold"} and [r["n"] for r in curves["gold"]] == [1, 2, 4, 8]
     assert saved["gao_fits"]["best-of-n (learned reward)"]["form"] == "bon"
+    online = {f"{r.split('-')[0]}-{r}" for r in RUNS if not r.startswith("dpo")}
+    assert saved["gao_fits_training"] and set(saved["gao_fits_training"]) <= online
     for e in saved["evaluations"]:
         assert (
             -1.0 <= e["gold_reward"] <= 1.0
