@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.common.config import check_choice, check_positive, group, to_jsonable
 from agents.common.policy import SamplingConfig, load_policy
 from agents.common.precision import PRECISIONS, resolve_precision
-from agents.common.rollout import rollout
+from agents.common.rollout import rollout_batches
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.base import RewardModel
 
@@ -83,12 +82,9 @@ def sample_completions(
     """One completion per prompt through ``env`` (batches of ``env.num_envs``) and its env reward."""
     generator = torch.Generator().manual_seed(seed)
     completions, rewards = [], []
-    B = env.num_envs
-    for start in tqdm(range(0, len(prompts), B), desc="sampling"):
-        chunk = list(prompts[start : start + B])
-        n = len(chunk)
-        chunk += [chunk[-1]] * (B - n)  # fill the lockstep batch; the extras are dropped
-        batch = rollout(policy, env, sampling, generator, chunk, seed + start, precision)
+    batches = rollout_batches(policy, env, sampling, generator, prompts, seed, precision,
+                              progress="sampling")  # fmt: skip
+    for batch, n in batches:
         completions += batch.completions[:n]
         rewards.append(batch.rewards[:n].cpu().numpy())
     return completions, np.concatenate(rewards)

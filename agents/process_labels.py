@@ -25,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.common.branching import branch_values, step_ends
 from agents.common.config import check_choice, check_positive, check_range, group, to_jsonable
 from agents.common.policy import SamplingConfig, load_policy
 from agents.common.precision import PRECISIONS, resolve_precision
-from agents.common.rollout import rollout
+from agents.common.rollout import rollout_batches
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.arithmetic_chain import steps_correct
 from reward_models.prm import split_steps
@@ -139,14 +138,10 @@ def sample_completions(
     """One completion per prompt (batches of ``env.num_envs``): texts, token ids without EOS,
     outcome rewards."""
     texts, ids, outcomes = [], [], []
-    B, precision = env.num_envs, resolve_precision(config.precision)
-    for start in tqdm(range(0, len(prompts), B), desc="sampling"):
-        chunk = list(prompts[start : start + B])
-        n = len(chunk)
-        chunk += [chunk[-1]] * (B - n)  # fill the lockstep batch; the extras are dropped
-        roll = rollout(
-            model, env, config.sampling, generator, chunk, config.seed + start, precision
-        )
+    precision = resolve_precision(config.precision)
+    batches = rollout_batches(model, env, config.sampling, generator, prompts, config.seed,
+                              precision, progress="sampling")  # fmt: skip
+    for roll, n in batches:
         for i in range(n):
             length = int(roll.lengths[i]) - (roll.finish_reasons[i] == "eos")
             ids.append(roll.completion_ids[i, :length].tolist())

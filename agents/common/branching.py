@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from agents.common.policy import SamplingConfig
-from agents.common.rollout import Rollout, rollout
+from agents.common.rollout import Rollout, rollout_batches
 from llm_env.process import StepBoundary
 from llm_env.vector import TokenMDPVectorEnv
 
@@ -105,16 +105,9 @@ def branch_values(
     if len(prompts) != len(prefixes):
         raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} prefixes")
     rows = [(p, list(q)) for p, q in zip(prompts, prefixes) for _ in range(k)]
-    out, B = [], env.num_envs
-    for start in range(0, len(rows), B):
-        chunk = rows[start : start + B]
-        n = len(chunk)
-        chunk += [chunk[-1]] * (B - n)
-        roll = rollout(
-            model, env, sampling, generator, [p for p, _ in chunk], None, precision,
-            prefixes=[q for _, q in chunk],
-        )  # fmt: skip
-        out.append(value_of(roll)[:n].float().cpu())
+    batches = rollout_batches(model, env, sampling, generator, [p for p, _ in rows], None,
+                              precision, prefixes=[q for _, q in rows])  # fmt: skip
+    out = [value_of(roll)[:n].float().cpu() for roll, n in batches]
     if not out:
         return torch.zeros((0, k))
     return torch.cat(out).view(len(prompts), k)

@@ -32,7 +32,7 @@ from agents.common.policy import (
     to_device,
     token_logprobs,
 )
-from agents.common.rollout import rollout
+from agents.common.rollout import rollout_batches
 from llm_env.tasks import make_task
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.base import RewardModel, checked_score
@@ -124,15 +124,10 @@ def evaluate(
     gold, train, kls, lengths, samples = [], [], [], [], []
     texts: dict[str, list] = {"prompts": [], "completions": [], "finish_reasons": []}
     extra: dict[str, list] = {name: [] for name in extra_reward_models or {}}
-    B = env.num_envs
-    starts = range(0, len(prompts), B)
-    for start in tqdm(starts, desc=progress, disable=progress is None):
-        chunk = list(prompts[start : start + B])
-        chunk += [chunk[-1]] * (B - len(chunk))  # fill the lockstep batch; extras are dropped
-        n = min(B, len(prompts) - start)
-        batch = rollout(policy, env, sampling, generator, prompts=chunk, seed=seed + start)
+    batches = rollout_batches(policy, env, sampling, generator, prompts, seed, progress=progress)
+    for batch, n in batches:
         kl = (
-            torch.zeros(B, device=batch.rewards.device)
+            torch.zeros(env.num_envs, device=batch.rewards.device)
             if ref_policy is None
             else sequence_kl(policy, ref_policy, batch, sampling)
         )

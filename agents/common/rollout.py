@@ -8,11 +8,13 @@ sequences stay in the batch (fed pad tokens, masked) until all B are done.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from tqdm.auto import tqdm
 
 from agents.common.lora import unwrap
 from agents.common.policy import (
@@ -297,3 +299,32 @@ def rollout(
         group_size=group_size,
         process_rewards=process,
     )
+
+
+def rollout_batches(
+    model: torch.nn.Module,
+    env: TokenMDPVectorEnv,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    prompts: Sequence[str],
+    seed: int | None = None,
+    precision: str = "fp32",
+    prefixes: Sequence[Sequence[int]] | None = None,
+    progress: str | None = None,
+) -> Iterator[tuple[Rollout, int]]:
+    """Every prompt (with its prefix, if given) through the lockstep ``env``, ``env.num_envs``
+    at a time, the last batch filled with repeats of its last row: yields each batch's rollout
+    and how many of its rows are real (the rest are to be dropped). Batch ``start`` is reset
+    with ``seed + start``; ``progress``: a progress bar with this label (None: no bar)."""
+    B = env.num_envs
+    for start in tqdm(range(0, len(prompts), B), desc=progress, disable=progress is None):
+        chunk = list(prompts[start : start + B])
+        n = len(chunk)
+        chunk += [chunk[-1]] * (B - n)
+        rows = None
+        if prefixes is not None:
+            rows = [list(q) for q in prefixes[start : start + B]]
+            rows += [rows[-1]] * (B - n)
+        batch_seed = None if seed is None else seed + start
+        yield rollout(model, env, sampling, generator, chunk, batch_seed, precision,
+                      prefixes=rows), n  # fmt: skip
