@@ -70,6 +70,17 @@ def no_network():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster, and unaffected by a busy machine. A module asks
+    for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``; the count is restored
+    after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def arithmetic_task():
     return make_task("arithmetic", max_operand=9)

@@ -82,13 +82,7 @@ def config_for(kind: str, resume: bool = False, **overrides):
     return cls(**{**base, "precision": "fp32", **every, **overrides}, optim=optim, kl=kl)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one torch thread is faster, and unaffected by a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,16 +26,10 @@ from reward_models.implicit import ImplicitProcessRewardModel
 from reward_models.prm import IGNORE, encode_steps, pad_step_rows, split_steps
 from tests.test_arithmetic_chain import CHAIN, ids
 
-PROMPT = "6+7+9="
+PROMPT = "6+7+9="  # 7 tokens: "▁", "6", "+", "7", "+", "9", "="
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster, and unaffected by a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)  # 7 tokens: "▁", "6", "+", "7", "+", "9", "="
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def always_eos(tokenizer):

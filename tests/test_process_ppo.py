@@ -31,13 +31,7 @@ from tests.test_arithmetic_chain import CHAIN, ids
 PROMPT = "6+7+9="
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster, and unaffected by a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(x):
