@@ -20,6 +20,22 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
 
+
+def load_classifier(path: Path, auto_cls: type, num_labels: int, what: str, kind: str):
+    """``auto_cls`` from the local directory ``path`` (safetensors, no remote code), checked to
+    have ``num_labels`` outputs; the error names the scorer (``what``) and the ``kind`` of
+    model expected."""
+    model = auto_cls.from_pretrained(
+        path, local_files_only=True, trust_remote_code=False, use_safetensors=True
+    )
+    if model.config.num_labels != num_labels:
+        raise ValueError(
+            f"{what} {path}: expected {kind} with num_labels={num_labels}, got "
+            f"{model.config.num_labels}"
+        )
+    return model
+
+
 NORM_FILE = "reward_norm.json"
 
 
@@ -86,14 +102,8 @@ class LearnedRewardModel:
                 f"reward model {str(path)!r} is not a local saved reward-model directory (no "
                 "config.json); models load from local directories only, never from a model hub"
             )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
-        )
-        if model.config.num_labels != 1:
-            raise ValueError(
-                f"reward model {path}: expected a sequence-classification model with num_labels=1, "
-                f"got {model.config.num_labels}"
-            )
+        model = load_classifier(path, AutoModelForSequenceClassification, 1, "reward model",
+                                "a sequence-classification model")  # fmt: skip
         norm = json.loads((path / NORM_FILE).read_text()) if (path / NORM_FILE).is_file() else {}
         return cls(
             model,

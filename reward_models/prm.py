@@ -31,6 +31,7 @@ import torch
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
+from reward_models.learned import load_classifier
 
 PRM_FILE = "prm.json"
 IGNORE = -100  # the label of every token that closes no step (PyTorch's ignore_index)
@@ -122,14 +123,8 @@ class LearnedProcessRewardModel:
                 f"process reward model {str(path)!r} is not a directory saved by the PRM trainer "
                 f"(no {PRM_FILE} or config.json); models load from local directories only"
             )
-        model = AutoModelForTokenClassification.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
-        )
-        if model.config.num_labels != 2:
-            raise ValueError(
-                f"process reward model {path}: expected a token-classification model with "
-                f"num_labels=2, got {model.config.num_labels}"
-            )
+        model = load_classifier(path, AutoModelForTokenClassification, 2, "process reward model",
+                                "a token-classification model")  # fmt: skip
         meta = json.loads((path / PRM_FILE).read_text())
         return cls(model, load_tokenizer(path), meta["separator"], meta["aggregate"], str(path))
 

@@ -108,3 +108,22 @@ def test_good_outputs_still_pass():
     for output in ([1, 2], [0.5, 1.5], np.array([1.0, 2.0], dtype=np.float64), torch.ones(2)):
         scores = checked_score(Returns(lambda n, out=output: out), ["a", "b"], ["c", "d"])
         assert scores.dtype == np.float32 and scores.shape == (2,)
+
+
+@pytest.mark.parametrize(("model_cls", "extra_file", "message"), [
+    ("GPT2ForSequenceClassification", None,
+     "reward model {}: expected a sequence-classification model with num_labels=1, got 3"),
+    ("GPT2ForTokenClassification", "prm.json",
+     "process reward model {}: expected a token-classification model with num_labels=2, got 3"),
+])  # fmt: skip
+def test_a_saved_scorer_with_the_wrong_head_is_named(tmp_path, model_cls, extra_file, message):
+    import transformers
+
+    config = transformers.GPT2Config(n_layer=1, n_head=1, n_embd=8, vocab_size=10, num_labels=3,
+                                     bos_token_id=0, eos_token_id=0)  # fmt: skip
+    getattr(transformers, model_cls)(config).save_pretrained(tmp_path)
+    if extra_file:
+        (tmp_path / extra_file).write_text('{"separator": ";", "aggregate": "last"}')
+    with pytest.raises(ValueError) as error:
+        load_reward_model(str(tmp_path))
+    assert str(error.value) == message.format(tmp_path)
