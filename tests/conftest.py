@@ -117,3 +117,20 @@ def chain_task():
 @pytest.fixture(scope="session")
 def chain_tokenizer(chain_task):
     return chain_task.tokenizer()
+
+
+@pytest.fixture(scope="session")
+def pretrained_llama(tmp_path_factory):
+    """A small random Llama saved with a chat tokenizer (pad = EOS, two stop ids, padded
+    embedding rows): see ``tests.pretrained``."""
+    from tests.pretrained import build_pretrained
+
+    return build_pretrained(tmp_path_factory.mktemp("pretrained-llama"))
+
+
+@pytest.fixture(scope="session")
+def chat_data(tmp_path_factory):
+    """TRL conversational JSONL files for ``pretrained_llama``: prompts, SFT rows, pairs."""
+    from tests.pretrained import write_chat_data
+
+    return write_chat_data(tmp_path_factory.mktemp("chat-data"))
