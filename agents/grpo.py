@@ -52,6 +52,7 @@ from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import clipped_surrogate
 from agents.common.online import (
     PromptBudget,
+    RolloutScores,
     draw_prompts,
     init_online_agent,
     iteration_prompts,
@@ -61,6 +62,7 @@ from agents.common.online import (
     rollout_metrics,
     sample,
     score_rollout,
+    training_forward_scores,
     update_kl_controller,
 )
 from agents.common.policy import SamplingConfig, process_logits
@@ -259,7 +261,14 @@ class GRPO(PromptBudget, Agent):
         cfg = self.config
         roll, dropped = self._collect(step)
         mask = roll.completion_mask
-        scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
+        single = None
+        if self._single_pass_applies(len(mask)):
+            single = self._single_pass(roll)
+            scores = single[2]
+        else:
+            scores = score_rollout(
+                self.policy, self.ref, roll, self.sampling, self.precision, self.vocab_size
+            )
         beta = self.kl_ctl.value
         returns = roll.rewards.clone()
         if cfg.overlong == "soft_penalty":
@@ -273,7 +282,7 @@ class GRPO(PromptBudget, Agent):
         advantages = ADVANTAGES[cfg.scale_rewards](roll.grouped(returns), cfg.advantage_eps)
         advantages = advantages.flatten()
         loss_mask = mask * roll.terminated.float()[:, None] if cfg.overlong == "mask" else mask
-        train_stats = self._update(roll, scores, advantages, loss_mask, beta)
+        train_stats = self._update(roll, scores, advantages, loss_mask, beta, single)
         metrics = rollout_metrics(roll, scores)
         if self.ref is not None:
             update_kl_controller(self, metrics)
@@ -288,16 +297,38 @@ class GRPO(PromptBudget, Agent):
             "grpo/advantage_abs": advantages.abs().mean().item(),
         }
 
-    def _update(self, roll, scores, advantages, loss_mask, beta) -> dict[str, float]:
-        """μ passes of shuffled minibatches; each is one optimiser step. Returns mean stats."""
+    def _single_pass_applies(self, n: int) -> bool:
+        """μ = 1 and the ``n`` sequences are one minibatch (see ``_single_pass``)."""
+        return (
+            self.config.num_iterations == 1
+            and n <= self.config.minibatch_size // self.dist.world_size
+        )
+
+    def _single_pass(self, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, RolloutScores]:
+        """μ = 1 and the batch is one minibatch: the sampling policy IS the policy being
+        updated, so the training forward's logits (rows in the update's shuffled order) give
+        the old log-probs too, and no second policy forward runs. Returns the order, those
+        logits (with gradients) and the rollout's scores in the rollout's own row order."""
+        order = torch.randperm(len(roll.completion_mask), generator=self.generator)
+        logits = self.train_forward(roll.input_ids[order], roll.attention_mask[order],
+                                    roll.prompt_width, self.precision, self.vocab_size)  # fmt: skip
+        return order, logits, training_forward_scores(self, roll, order, logits.detach())
+
+    def _update(self, roll, scores, advantages, loss_mask, beta, single=None) -> dict[str, float]:
+        """μ passes of shuffled minibatches; each is one optimiser step. Returns mean stats.
+        ``single``: ``_single_pass``'s order and logits, the one minibatch's forward done."""
         cfg = self.config
         tokens, totals, n = roll.completion_ids, {}, 0
         for _ in range(cfg.num_iterations):
-            order = torch.randperm(len(loss_mask), generator=self.generator)
+            order, done = single[:2] if single else (None, None)
+            if order is None:
+                order = torch.randperm(len(loss_mask), generator=self.generator)
             for idx in order.split(cfg.minibatch_size // self.dist.world_size):
-                logits = self.train_forward(
-                    roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width, self.precision
-                )
+                logits = done if done is not None else self.train_forward(
+                    roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width,
+                    self.precision, self.vocab_size,
+                )  # fmt: skip
+                done = None
                 log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
                 m = loss_mask[idx]
                 logprobs = masked_token_logprobs(log_probs, tokens[idx], m)

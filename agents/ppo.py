@@ -65,6 +65,7 @@ from agents.common.online import (
     rollout_metrics,
     sample,
     score_rollout,
+    training_forward_scores,
     update_kl_controller,
 )
 from agents.common.policy import SamplingConfig, completion_logits, process_logits
@@ -146,11 +147,12 @@ def policy_logits_and_values(
     attention_mask: torch.Tensor,
     prompt_width: int,
     precision: str,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training forward pass: (B, T, vocab) completion logits and (B, T) values before each
     completion token (run as one module, so DDP synchronises both models' gradients)."""
     with autocast(precision):
-        logits = completion_logits(policy, input_ids, attention_mask, prompt_width)
+        logits = completion_logits(policy, input_ids, attention_mask, prompt_width, vocab_size)
         values = completion_values(critic, input_ids, attention_mask, prompt_width)[:, :-1]
     return logits, values
 
@@ -204,12 +206,19 @@ class PPO(PromptBudget, Agent):
         prompts = iteration_prompts(self, step)
         roll = sample(self, prompts)
         mask = roll.completion_mask
-        scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
-        with torch.no_grad(), autocast(self.precision):
-            all_values = completion_values(
-                self.critic, roll.input_ids, roll.attention_mask, roll.prompt_width
-            )  # (B, T + 1)
-        values = all_values[:, :-1] * mask
+        single = None
+        if self._single_pass_applies(len(mask)):
+            single = self._single_pass(roll)
+            scores, values = single[3], single[4] * mask
+        else:
+            scores = score_rollout(
+                self.policy, self.ref, roll, self.sampling, self.precision, self.vocab_size
+            )
+            with torch.no_grad(), autocast(self.precision):
+                all_values = completion_values(
+                    self.critic, roll.input_ids, roll.attention_mask, roll.prompt_width
+                )  # (B, T + 1)
+            values = all_values[:, :-1] * mask
         beta = self.kl_ctl.value
         rewards = self._token_rewards(roll, scores, beta)
         self._check_finite("reward (KL-penalised, per token)", rewards)
@@ -223,7 +232,7 @@ class PPO(PromptBudget, Agent):
         advantages, returns = gae(rewards, gae_values, mask, cfg.gamma, cfg.lam, last_values)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask, all_sum=self.dist.all_sum)
-        train_stats = self._update(roll, scores.logprobs, values, advantages, returns)
+        train_stats = self._update(roll, scores.logprobs, values, advantages, returns, single)
         metrics = rollout_metrics(roll, scores)
         if roll.process_rewards is not None:
             metrics["reward/process"] = roll.process_rewards.sum(-1).mean().item()
@@ -262,7 +271,7 @@ class PPO(PromptBudget, Agent):
 
         def branch_return(branch: Rollout) -> torch.Tensor:
             branch_scores = score_rollout(
-                self.policy, self.ref, branch, self.sampling, self.precision
+                self.policy, self.ref, branch, self.sampling, self.precision, self.vocab_size
             )
             return discounted_returns(
                 self._token_rewards(branch, branch_scores, beta), self.config.gamma
@@ -285,20 +294,45 @@ class PPO(PromptBudget, Agent):
             "value/mc_states": float(len(states)),
         }
 
-    def _update(self, roll, old_logprobs, old_values, advantages, returns) -> dict[str, float]:
+    def _single_pass_applies(self, n: int) -> bool:
+        """One epoch, the ``n`` sequences one minibatch, values read only at the rollout's own
+        states (no bootstrap, no Monte-Carlo values): see ``_single_pass``."""
+        cfg = self.config
+        one_minibatch = n <= cfg.minibatch_size // self.dist.world_size
+        return cfg.epochs == 1 and one_minibatch and not (cfg.bootstrap_truncated or cfg.mc_values)
+
+    def _single_pass(self, roll: Rollout):
+        """One epoch of one minibatch: the training forward (rows in the update's shuffled
+        order) gives the old log-probs and values too, so neither the policy nor the critic
+        runs a second forward. Returns the order, the logits and values with gradients, the
+        rollout's scores and (B, T) detached values in the rollout's own row order."""
+        order = torch.randperm(len(roll.completion_mask), generator=self.generator)
+        logits, values = self.train_forward(roll.input_ids[order], roll.attention_mask[order],
+                                            roll.prompt_width, self.precision, self.vocab_size)  # fmt: skip
+        scores = training_forward_scores(self, roll, order, logits.detach())
+        return order, logits, values, scores, values.detach()[torch.argsort(order)]
+
+    def _update(
+        self, roll, old_logprobs, old_values, advantages, returns, single=None
+    ) -> dict[str, float]:
         """``epochs`` passes of shuffled minibatches: clipped surrogate + clipped value loss
-        (− entropy bonus); returns the mean of each statistic."""
+        (− entropy bonus); returns the mean of each statistic. ``single``: ``_single_pass``'s
+        order and training forward, the one minibatch's forward done."""
         cfg = self.config
         mask, tokens = roll.completion_mask, roll.completion_ids
         totals: dict[str, float] = {}
         n = 0
         for _ in range(cfg.epochs):
-            order = torch.randperm(len(mask), generator=self.generator)
+            order, done = (single[0], single[1:3]) if single else (None, None)
+            if order is None:
+                order = torch.randperm(len(mask), generator=self.generator)
             for idx in order.split(cfg.minibatch_size // self.dist.world_size):
                 m = mask[idx]
-                logits, values = self.train_forward(
-                    roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width, self.precision
-                )
+                logits, values = done if done is not None else self.train_forward(
+                    roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width,
+                    self.precision, self.vocab_size,
+                )  # fmt: skip
+                done = None
                 log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
                 logprobs = masked_token_logprobs(log_probs, tokens[idx], m)
                 pg_loss, pg_stats = ppo_clip_loss(

@@ -40,6 +40,7 @@ from agents.common.online import (
     rollout_metrics,
     sample,
     score_rollout,
+    training_forward_scores,
     update_kl_controller,
 )
 from agents.common.policy import SamplingConfig, process_logits
@@ -152,7 +153,16 @@ class Reinforce(PromptBudget, Agent):
         prompts = iteration_prompts(self, step)
         roll = sample(self, prompts, group_size=cfg.k)
         mask = roll.completion_mask
-        scores = score_rollout(self.policy, self.ref, roll, self.sampling, self.precision)
+        logits = None
+        if self._single_pass_applies(len(mask)):  # its forward gives the scores too
+            logits = self.train_forward(roll.input_ids, roll.attention_mask, roll.prompt_width,
+                                        self.precision, self.vocab_size)  # fmt: skip
+            order = torch.arange(len(mask), device=mask.device)
+            scores = training_forward_scores(self, roll, order, logits.detach())
+        else:
+            scores = score_rollout(
+                self.policy, self.ref, roll, self.sampling, self.precision, self.vocab_size
+            )
         beta = self.kl_ctl.value
         kl_per_token = KL_ESTIMATORS[cfg.kl.kl_estimator](scores.logprobs, scores.ref_logprobs)
         seq_kl = masked_sum(kl_per_token, mask)  # (B,)
@@ -167,7 +177,7 @@ class Reinforce(PromptBudget, Agent):
             advantages = advantages / (advantage_std + 1e-8)
         decay = cfg.baseline_decay
         self.running_mean = decay * self.running_mean + (1 - decay) * self.dist.mean(returns)
-        train_stats = self._update(roll, advantages)
+        train_stats = self._update(roll, advantages, logits)
         metrics = rollout_metrics(roll, scores)
         update_kl_controller(self, metrics)
         return {
@@ -179,15 +189,23 @@ class Reinforce(PromptBudget, Agent):
             "baseline/running_mean": self.running_mean,
         }
 
-    def _update(self, roll, advantages: torch.Tensor) -> dict[str, float]:
-        """One gradient step on the whole batch, accumulated over minibatches."""
+    def _single_pass_applies(self, n: int) -> bool:
+        """The ``n`` sequences are one minibatch: the training forward, run before the
+        returns, gives the rollout's scores too (the sampling policy is the one updated)."""
+        return n <= self.config.minibatch_size
+
+    def _update(self, roll, advantages: torch.Tensor, logits=None) -> dict[str, float]:
+        """One gradient step on the whole batch, accumulated over minibatches (``logits``: the
+        single minibatch's training forward, already run)."""
         mask, tokens = roll.completion_mask, roll.completion_ids
         n = len(mask)
         total_loss = 0.0
         for idx in torch.arange(n).split(self.config.minibatch_size):
-            logits = self.train_forward(
-                roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width, self.precision
-            )
+            if logits is None:
+                logits = self.train_forward(
+                    roll.input_ids[idx], roll.attention_mask[idx], roll.prompt_width,
+                    self.precision, self.vocab_size,
+                )  # fmt: skip
             log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
             logprobs = masked_token_logprobs(log_probs, tokens[idx], mask[idx])
             loss, _ = reinforce_loss(logprobs, advantages[idx], mask[idx])
@@ -195,6 +213,7 @@ class Reinforce(PromptBudget, Agent):
             self._check_finite("loss/policy", loss.detach())
             loss.backward()
             total_loss += loss.item()
+            logits = None
         grad_stats = self._apply_gradients("policy")
         return {"loss/policy": total_loss, "loss/total": total_loss, **grad_stats}
 

@@ -18,6 +18,7 @@ from scripts import (
     bench_grpo,
     bench_memory,
     bench_ppo,
+    bench_real,
     cli,
     compare,
     dpo,
@@ -218,6 +219,17 @@ def test_bench_dpo_smoke(capsys):
     (ratio,) = ratios(line)
     assert math.isfinite(ratio) and ratio > 0
     assert "pairs=" in line and "final_loss ours=" in line
+
+
+@pytest.mark.slow
+def test_bench_real_smoke(capsys):
+    pytest.importorskip("trl")
+    bench_real.main(["--smoke"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    tags = [line.split()[0] for line in lines if " ratio=" in line]
+    assert tags == ["grpo_iter_vs_primitives", "grpo_iter_vs_trl", "ppo_iter_vs_primitives",
+                    "dpo_epoch_vs_trl"]  # fmt: skip
+    assert all(math.isfinite(r) and r > 0 for r in ratios("\n".join(lines)))
 
 
 @pytest.mark.slow

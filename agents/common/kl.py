@@ -41,15 +41,19 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 }
 
 
-def exact_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+def exact_kl(
+    log_probs: torch.Tensor, ref_log_probs: torch.Tensor, probs: torch.Tensor | None = None
+) -> torch.Tensor:
     """Exact KL(π_θ‖π_ref) per position over the whole vocabulary.
 
     ``log_probs``/``ref_log_probs``: (batch, T, vocab) normalised fp32 log-probs; ``log_probs``
-    may hold −inf (tokens removed by top-k/top-p), which contribute 0. Returns (batch, T).
+    may hold −inf (tokens removed by top-k/top-p), which contribute 0; ``probs`` =
+    ``log_probs.exp()`` if the caller has it. Returns (batch, T).
     """
-    probs = log_probs.exp()
-    diff = torch.where(probs > 0, log_probs - ref_log_probs, torch.zeros_like(log_probs))
-    return (probs * diff).sum(-1)
+    probs = log_probs.exp() if probs is None else probs
+    low = torch.finfo(log_probs.dtype).min  # −inf → a finite number: 0 · it = 0, never NaN
+    diff = log_probs.clamp(min=low) - ref_log_probs.clamp(min=low)
+    return torch.einsum("...v,...v->...", probs, diff)  # one fused multiply-and-sum
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -179,14 +179,17 @@ class BaseWeightsReference(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ):
-        """The base model's output for (batch, L) ``input_ids``."""
+        """The base model's output for (batch, L) ``input_ids`` (logits of the last
+        ``logits_to_keep`` positions; 0 = all)."""
         with base_weights(self.policy) as lm:
             return lm(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
             )
 
 

@@ -76,8 +76,13 @@ def clipped_value_loss(
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy per position of softmax(``logits``) (−inf logits allowed): (..., vocab) → (...)."""
     log_probs = F.log_softmax(logits.float(), dim=-1)
-    probs = log_probs.exp()
-    return -(probs * torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))).sum(-1)
+    return entropy_of(log_probs, log_probs.exp())
+
+
+def entropy_of(log_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """−Σ_v p(v)·log p(v) from normalised (..., vocab) ``log_probs`` and their ``exp()``."""
+    safe = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # −inf (p = 0) contributes 0
+    return -torch.einsum("...v,...v->...", probs, safe)
 
 
 def reinforce_loss(

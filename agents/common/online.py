@@ -21,7 +21,7 @@ from agents.common.config import check_positive
 from agents.common.distributed import Distributed
 from agents.common.kl import exact_kl, make_kl_controller, sequence_kl_stats
 from agents.common.lora import BaseWeightsReference, is_lora, with_lora
-from agents.common.losses import entropy_from_logits
+from agents.common.losses import entropy_of
 from agents.common.policy import (
     SamplingConfig,
     check_same_tokenizer,
@@ -58,6 +58,61 @@ def masked_token_logprobs(
     return torch.where(mask > 0, gather_logprobs(log_probs, tokens), 0.0)
 
 
+SCORE_CHUNK_ELEMENTS = 1 << 24
+"""fp32 elements (rows × T × vocab) of each chunk of ``distribution_scores``: 64 MiB a copy."""
+
+
+@torch.no_grad()
+def distribution_scores(
+    logits: torch.Tensor,
+    ref_logits: torch.Tensor | None,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    sampling: SamplingConfig,
+) -> RolloutScores:
+    """Log-probs, entropy and the exact full-vocabulary KL from (B, T, V) policy and reference
+    logits (``ref_logits=None``: no reference), a few rows at a time: the fp32 work never holds
+    a (B, T, V) copy per quantity, which a 150k vocabulary could not afford."""
+    B, T, V = logits.shape
+    rows = max(1, SCORE_CHUNK_ELEMENTS // max(1, T * V))
+    ref_sampling = SamplingConfig(temperature=sampling.temperature)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, B, rows):
+        chunk, m = slice(start, start + rows), mask[start : start + rows]
+        log_probs = F.log_softmax(process_logits(logits[chunk], sampling), dim=-1)
+        probs = log_probs.exp()
+        part = {
+            "logprobs": masked_token_logprobs(log_probs, tokens[chunk], m),
+            "entropy": entropy_of(log_probs, probs) * m,
+        }
+        if ref_logits is not None:
+            ref_log_probs = F.log_softmax(process_logits(ref_logits[chunk], ref_sampling), dim=-1)
+            part["ref_logprobs"] = masked_token_logprobs(ref_log_probs, tokens[chunk], m)
+            part["exact_kl"] = exact_kl(log_probs, ref_log_probs, probs) * m
+        for key, value in part.items():
+            parts.setdefault(key, []).append(value)
+    joined = {key: torch.cat(values) for key, values in parts.items()}
+    return RolloutScores(
+        logprobs=joined["logprobs"],
+        ref_logprobs=joined.get("ref_logprobs"),
+        exact_kl=joined.get("exact_kl"),
+        entropy=joined["entropy"],
+    )
+
+
+@torch.no_grad()
+def reference_logits(
+    ref: torch.nn.Module | None, roll: Rollout, precision: str, vocab_size: int | None = None
+) -> torch.Tensor | None:
+    """The reference's (B, T, V) completion logits: ONE forward pass (None without a reference)."""
+    if ref is None:
+        return None
+    with autocast(precision):
+        return completion_logits(
+            ref, roll.input_ids, roll.attention_mask, roll.prompt_width, vocab_size
+        )
+
+
 @torch.no_grad()
 def score_rollout(
     policy: torch.nn.Module,
@@ -65,30 +120,37 @@ def score_rollout(
     roll: Rollout,
     sampling: SamplingConfig,
     precision: str,
+    vocab_size: int | None = None,
 ) -> RolloutScores:
     """ONE full-sequence forward each of policy and reference over the whole rollout batch
     (``ref=None``: no reference; its log-probs and the KL are then None)."""
-    mask, tokens = roll.completion_mask, roll.completion_ids
     with autocast(precision):
-        logits = completion_logits(policy, roll.input_ids, roll.attention_mask, roll.prompt_width)
-    log_probs = F.log_softmax(process_logits(logits, sampling), dim=-1)
-    del logits
-    scores = RolloutScores(
-        logprobs=masked_token_logprobs(log_probs, tokens, mask),
-        ref_logprobs=None,
-        exact_kl=None,
-        entropy=entropy_from_logits(log_probs) * mask,
-    )
-    if ref is None:
-        return scores
-    with autocast(precision):
-        ref_logits = completion_logits(ref, roll.input_ids, roll.attention_mask, roll.prompt_width)
-    ref_sampling = SamplingConfig(temperature=sampling.temperature)
-    ref_log_probs = F.log_softmax(process_logits(ref_logits, ref_sampling), dim=-1)
-    del ref_logits
-    scores.ref_logprobs = masked_token_logprobs(ref_log_probs, tokens, mask)
-    scores.exact_kl = exact_kl(log_probs, ref_log_probs) * mask
-    return scores
+        logits = completion_logits(
+            policy, roll.input_ids, roll.attention_mask, roll.prompt_width, vocab_size
+        )
+    ref_logits = reference_logits(ref, roll, precision, vocab_size)
+    return distribution_scores(logits, ref_logits, roll.completion_ids, roll.completion_mask,
+                               sampling)  # fmt: skip
+
+
+def training_forward_scores(
+    agent, roll: Rollout, order: torch.Tensor, logits: torch.Tensor
+) -> RolloutScores:
+    """The rollout's scores (in its own row order) from the training forward's detached
+    (B, T, V) ``logits`` of the rows ``roll.input_ids[order]``: what a single-pass update (one
+    epoch, one minibatch: the sampling policy is the one being updated) reads instead of a
+    second policy forward. The reference runs on the same shuffled rows."""
+    shuffled = Rollout(
+        input_ids=roll.input_ids[order], attention_mask=roll.attention_mask[order],
+        prompt_width=roll.prompt_width, completion_mask=roll.completion_mask[order],
+        logprobs=roll.logprobs[order], rewards=roll.rewards[order],
+        gold_rewards=roll.gold_rewards[order], prompts=[], completions=[], finish_reasons=[],
+    )  # fmt: skip
+    ref_logits = reference_logits(agent.ref, shuffled, agent.precision, agent.vocab_size)
+    scores = distribution_scores(logits, ref_logits, shuffled.completion_ids,
+                                 shuffled.completion_mask, agent.sampling)  # fmt: skip
+    inverse = torch.argsort(order)
+    return RolloutScores(**{k: None if v is None else v[inverse] for k, v in vars(scores).items()})
 
 
 def gold_metric(roll: Rollout) -> dict[str, float]:
@@ -112,10 +174,11 @@ def policy_logits(
     attention_mask: torch.Tensor,
     prompt_width: int,
     precision: str,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """The training forward pass of a critic-free agent: (B, T, vocab) completion logits."""
     with autocast(precision):
-        return completion_logits(policy, input_ids, attention_mask, prompt_width)
+        return completion_logits(policy, input_ids, attention_mask, prompt_width, vocab_size)
 
 
 def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module:
@@ -199,6 +262,7 @@ def init_online_agent(
         agent.ref = load_reference(agent.policy, agent.tokenizer, config.kl.ref_policy)
         agent.dist.place(agent.ref)
     agent.env = make_rollout_env(agent.tokenizer, env_kwargs, reward_model, num_envs, agent.dist)
+    agent.vocab_size = len(agent.tokenizer)  # the actions; a padded embedding's extra rows are not
     agent.sampling = config.sampling
     warn_if_truncating(config.sampling)
     agent.precision = resolve_precision(config.precision)

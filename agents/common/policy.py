@@ -10,7 +10,9 @@ has a non-negative expectation under the samples.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -116,21 +118,45 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def keep_last_logits(model: torch.nn.Module, n: int) -> dict[str, int]:
+    """``{"logits_to_keep": n}`` when ``model``'s forward takes it (every ``transformers``
+    causal LM; a LoRA wrapper passes it on), else ``{}``: the output head then runs on the last
+    ``n`` positions only."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"logits_to_keep": n} if _takes_logits_to_keep(type(inner)) else {}
+
+
+@lru_cache(maxsize=64)
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
 def completion_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Logits predicting each completion token, from ONE forward pass over the full sequences.
 
     ``input_ids``/``attention_mask``: (batch, prompt_width + T), prompts left-padded to
-    ``prompt_width``. Returns (batch, T, vocab) in the model's dtype.
+    ``prompt_width``. Returns (batch, T, vocab_size) in the model's dtype: the output head runs
+    on the T predicting positions only (``logits_to_keep``), and ``vocab_size`` (the tokenizer's
+    size; None = all) drops a padded embedding table's rows beyond the vocabulary, so they get
+    no probability anywhere (sampling, log-probs, exact KL, entropy).
     """
+    T = input_ids.shape[1] - prompt_width
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
+        **keep_last_logits(model, T + 1),
     )
-    return out.logits[:, prompt_width - 1 : -1]
+    if out.logits.shape[1] != T + 1:  # a model without logits_to_keep: all positions
+        return out.logits[:, prompt_width - 1 : -1, :vocab_size]
+    return out.logits[:, :-1, :vocab_size]
 
 
 def token_logprobs(

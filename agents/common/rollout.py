@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from agents.common.lora import unwrap
 from agents.common.policy import (
     SamplingConfig,
+    keep_last_logits,
     model_device,
     position_ids_from_mask,
     process_logits,
@@ -205,7 +206,8 @@ class Outcomes:
 
 
 def forward_step(model, input_ids, attention_mask, position_ids, precision: str, cache=None):
-    """One cached forward pass (the prompt pre-fill, or the newest token with ``cache``)."""
+    """One cached forward pass (the prompt pre-fill, or the newest token with ``cache``) that
+    computes the logits of the last position only."""
     extra = {} if cache is None else {cache_argument(model): cache}
     with autocast(precision):
         return model(
@@ -213,8 +215,32 @@ def forward_step(model, input_ids, attention_mask, position_ids, precision: str,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
+            **keep_last_logits(model, 1),
             **extra,
         )
+
+
+def prefill(model, prompt_ids, prompt_mask, precision: str, group_size: int):
+    """The prompt pre-fill: (B, vocab) logits of the last prompt token and the KV cache.
+
+    Rows come in groups of ``group_size`` copies of one prompt (``rollout``'s prompt-major
+    layout): only the first of each group is run through the model and the cache is repeated,
+    so a prompt's G samples cost one pre-fill (each row's numbers are the same as a pre-fill of
+    every row would give)."""
+    B = len(prompt_ids)
+    G = group_size if group_size > 1 and B % group_size == 0 else 1
+    if G > 1:
+        same = all(
+            torch.equal(x[::G].repeat_interleave(G, dim=0), x) for x in (prompt_ids, prompt_mask)
+        )
+        G = G if same else 1
+    ids, mask = prompt_ids[::G], prompt_mask[::G]
+    out = forward_step(model, ids, mask, position_ids_from_mask(mask), precision)
+    cache, logits = output_cache(out), out.logits[:, -1]
+    if G > 1:
+        cache.batch_repeat_interleave(G)
+        logits = logits.repeat_interleave(G, dim=0)
+    return logits, cache
 
 
 def reset_prompts(
@@ -263,12 +289,11 @@ def rollout(
     logprobs = torch.zeros((B, max_new), dtype=torch.float32, device=device)
     attention = torch.cat([prompt_mask, prompt_mask.new_zeros((B, max_new))], dim=1)
     positions = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
-    out = forward_step(
-        model, prompt_ids, prompt_mask, position_ids_from_mask(prompt_mask), precision
-    )
+    vocab = len(env.tokenizer)  # the actions: padded embedding rows beyond it are never sampled
+    logits, cache = prefill(model, prompt_ids, prompt_mask, precision, group_size)
     for t in range(max_new):
         active = torch.from_numpy(env.active).to(device)
-        new, new_logprobs = sample_tokens(out.logits[:, -1], sampling, generator)
+        new, new_logprobs = sample_tokens(logits[:, :vocab], sampling, generator)
         new = torch.where(active, new, pad_id)
         tokens[:, t] = new
         attention[:, width + t] = active.long()
@@ -281,7 +306,8 @@ def rollout(
         # past the model's positions while a branch with a shorter prefix runs on
         positions = positions + torch.from_numpy(env.active).to(device)[:, None].long()
         mask = attention[:, : width + t + 1]
-        out = forward_step(model, new[:, None], mask, positions, precision, output_cache(out))
+        out = forward_step(model, new[:, None], mask, positions, precision, cache)
+        logits, cache = out.logits[:, -1], output_cache(out)
     model.train(was_training)
     T = t + 1
     process, rewards = outcomes.totals(T, device)
