@@ -1,6 +1,9 @@
 """Direct preference optimisation (Rafailov et al., 2023) and its IPO / conservative variants.
 
-Offline: reads ``{"prompt","chosen","rejected"}`` pairs. The reference log-probs are computed
+Offline: reads ``{"prompt","chosen","rejected"}`` pairs, TRL's standard (strings) or
+conversational (message lists, rendered with the tokenizer's chat template) rows; the sequence
+log-probs sum the completion's tokens and the EOS or end-of-turn token that ends them, each
+log-softmax over the tokenizer's vocabulary only. The reference log-probs are computed
 once up front — the reference model is then dropped from memory (it stays on disk, loaded only
 for the KL of the evaluation points). Each step runs chosen and rejected through the policy in
 ONE concatenated, dynamically padded forward pass. At evaluation points the policy samples
@@ -11,9 +14,10 @@ disabled (``agents.common.lora``): nothing is loaded from disk for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,16 +44,20 @@ from agents.common.lora import (
     trainable_parameters,
     with_lora,
 )
+from agents.common.memory import enable_gradient_checkpointing
 from agents.common.offline import (
+    Text,
     check_offline_options,
     encode_examples,
+    load_offline_policy,
     load_preference_pairs,
     offline_schedule,
     offline_step,
     pad_batch,
     sequence_logprobs,
+    stop_ids,
 )
-from agents.common.policy import SamplingConfig, check_same_tokenizer, load_policy, to_device
+from agents.common.policy import SamplingConfig, check_same_tokenizer, to_device
 from agents.common.precision import resolve_precision
 from agents.common.run import Agent, make_optimizer
 from llm_env.vector import TokenMDPVectorEnv
@@ -58,7 +66,7 @@ REFERENCE_DIR = "reference"
 
 
 def _dpo_optim() -> OptimConfig:
-    return OptimConfig(learning_rate=3e-4, warmup_steps=10, lr_schedule="linear")
+    return OptimConfig(learning_rate=1e-6, warmup_steps=10, lr_schedule="linear")
 
 
 def sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -120,7 +128,11 @@ def dpo_loss(
 
 @dataclass
 class DPOConfig(AgentConfig):
-    """DPO options (defaults: a tiny SFT'd GPT-2 on ``sentiment`` pairs, ~1–2 min on CPU)."""
+    """DPO options.
+
+    Defaults suit a pretrained checkpoint: learning rate 1e-6 (TRL ``DPOConfig``), 10 warm-up
+    steps then linear decay (TRL: linear, no warm-up; the warm-up is kept). A tiny GPT-2 trained
+    from scratch takes ``agents.presets.TINY_MODEL_OPTIONS["dpo"]`` (3e-4)."""
 
     log_every: int = 4
     """Write a log point every this many steps (0 = only at evaluations and the end)."""
@@ -163,8 +175,9 @@ class DPOConfig(AgentConfig):
 
 
 class DPO(Agent):
-    """DPO on ``data`` (JSONL path or list of ``(prompt, chosen, rejected)``) from ``policy``
-    (directory or model); the reference is ``ref_policy`` or the policy's initial weights."""
+    """DPO on ``data`` (JSONL path or list of ``(prompt, chosen, rejected)``, strings or message
+    lists) from ``policy`` (directory or model); the reference is ``ref_policy`` or the policy's
+    initial weights. ``chat_template_kwargs`` go to every chat-template rendering."""
 
     agent_name = "dpo"
 
@@ -172,26 +185,32 @@ class DPO(Agent):
         self,
         policy: str | Path | PreTrainedModel,
         tokenizer: str | Path | PreTrainedTokenizerBase | None,
-        data: str | Path | list[tuple[str, str, str]] | None,
+        data: str | Path | list[tuple[Text, Text, Text]] | None,
         config: DPOConfig | None = None,
         run_dir: str | Path = "runs/dpo",
         eval_env_kwargs: dict | None = None,
         ref_policy: str | Path | PreTrainedModel | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.config = config = config or DPOConfig()
-        self.dist = Distributed()
+        self.dist = Distributed(config.device)
         self.run_dir = Path(run_dir)
-        self.precision = resolve_precision(config.precision)
-        self.policy, self.tokenizer = load_policy(policy, tokenizer)
+        self.policy, self.tokenizer = load_offline_policy(policy, tokenizer)
+        self.precision = resolve_precision(config.precision, self.dist.device, self.policy)
+        self.vocab_size = len(self.tokenizer)
+        stops = stop_ids(self.tokenizer, getattr(self.policy, "generation_config", None))
         self.policy = with_lora(self.policy, config.lora)
         self.dist.place(self.policy)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)
         self.chosen, self.rejected, self.skipped_identical = [], [], 0
         if data is not None:
             triples, _, self.skipped_identical = load_preference_pairs(data, "DPO pairs")
             prompts, chosen, rejected = (list(x) for x in zip(*triples))
-            self.chosen = encode_examples(self.tokenizer, prompts, chosen, config.max_length)
-            self.rejected = encode_examples(self.tokenizer, prompts, rejected, config.max_length)
+            options = (config.max_length, stops, chat_template_kwargs)
+            self.chosen = encode_examples(self.tokenizer, prompts, chosen, *options)
+            self.rejected = encode_examples(self.tokenizer, prompts, rejected, *options)
         self.ref_dir = self._reference_dir(policy, ref_policy)
         self.eval_env_kwargs = eval_env_kwargs
         self.ref_chosen_logps = self.ref_rejected_logps = None
@@ -208,7 +227,7 @@ class DPO(Agent):
         policy's base weights (the policy with its adapters disabled)."""
         if ref_policy is not None:  # a model object must at least cover the policy's vocabulary
             own = self.tokenizer if isinstance(ref_policy, PreTrainedModel) else None
-            _, ref_tokenizer = load_policy(ref_policy, own)
+            _, ref_tokenizer = load_offline_policy(ref_policy, own)
             check_same_tokenizer(self.tokenizer, ref_tokenizer, "the policy and the reference")
         if ref_policy is None and is_lora(self.policy):
             return None
@@ -243,9 +262,10 @@ class DPO(Agent):
         self, forward: torch.nn.Module, indices: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Sequence log-probs of chosen and rejected, (pairs,) each, from ONE forward pass of
-        ``forward(batch, precision)`` (``sequence_logprobs`` of the policy or the reference)."""
+        ``forward(batch, precision, vocab_size)`` (``sequence_logprobs`` of the policy or the
+        reference)."""
         batch = self.pair_batch(indices)
-        logps = forward(batch, self.precision).sum(-1)
+        logps = forward(batch, self.precision, self.vocab_size).sum(-1)
         return logps[: len(indices)], logps[len(indices) :], int(batch["attention_mask"].sum())
 
     @torch.no_grad()
@@ -272,7 +292,7 @@ class DPO(Agent):
         policy's base weights (``BaseWeightsReference``, no copy)."""
         if self.ref_dir is None:
             return BaseWeightsReference(self.policy)
-        return load_policy(self.ref_dir, self.tokenizer)[0].eval().to(self.dist.device)
+        return load_offline_policy(self.ref_dir, self.tokenizer)[0].eval().to(self.dist.device)
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected, tokens = self.pair_logps(self.train_logprobs, indices)
@@ -328,12 +348,15 @@ class DPO(Agent):
     def load(
         cls,
         path: str | Path,
-        data: str | Path | list[tuple[str, str, str]] | None = None,
+        data: str | Path | list[tuple[Text, Text, Text]] | None = None,
         config: DPOConfig | None = None,
         run_dir: str | Path = "runs/dpo",
         eval_env_kwargs: dict | None = None,
         ref_policy: str | Path | PreTrainedModel | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> DPO:
         """An agent whose policy and tokenizer come from ``save(path)`` (the reference: the
         saved policy unless ``ref_policy`` is given)."""
-        return cls(path, None, data, config, run_dir, eval_env_kwargs, ref_policy)
+        return cls(
+            path, None, data, config, run_dir, eval_env_kwargs, ref_policy, chat_template_kwargs
+        )

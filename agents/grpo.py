@@ -134,7 +134,11 @@ def soft_overlong_penalty(
 
 @dataclass
 class GRPOConfig(AgentConfig):
-    """GRPO options; the defaults are DeepSeekMath's GRPO on a tiny GPT-2."""
+    """GRPO options; the defaults are DeepSeekMath's GRPO for a pretrained checkpoint.
+
+    The learning rate defaults to 1e-6, TRL's ``GRPOConfig``; constant (TRL: linear decay; the
+    rate matters more). The tiny GPT-2s of the built-in tasks take
+    ``agents.presets.TINY_MODEL_OPTIONS["grpo"]`` (1e-4)."""
 
     precision: str = "auto"
     """Forward-pass precision: auto | bf16 | fp32 (log-probs, KL and losses stay fp32)."""
@@ -174,7 +178,7 @@ class GRPOConfig(AgentConfig):
     """soft_penalty: tokens before max_new_tokens where the penalty ramps up."""
     overlong_penalty: float = 1.0
     """soft_penalty: the penalty at max_new_tokens."""
-    optim: OptimConfig = group(lambda: OptimConfig(learning_rate=1e-4))
+    optim: OptimConfig = group(lambda: OptimConfig(learning_rate=1e-6))
     sampling: SamplingConfig = group(SamplingConfig)
     kl: KLConfig = group(lambda: KLConfig(beta=0.04, kl_estimator="k3"))
     lora: LoraOptions = group(LoraOptions, prefix="lora_")

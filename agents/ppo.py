@@ -55,6 +55,7 @@ from agents.common.critic import ValueModel, completion_values
 from agents.common.kl import KL_ESTIMATORS, KLConfig
 from agents.common.lora import LoraOptions, trainable_parameters
 from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
+from agents.common.memory import enable_gradient_checkpointing
 from agents.common.online import (
     PromptBudget,
     RolloutScores,
@@ -77,7 +78,11 @@ from reward_models.base import RewardModelError
 
 @dataclass
 class PPOConfig(AgentConfig):
-    """PPO options; the defaults train a tiny GPT-2 on the built-in tasks."""
+    """PPO options.
+
+    The learning rate (policy and critic) defaults to 3e-6, TRL's last ``PPOConfig``, for a
+    pretrained checkpoint; constant (TRL's decayed linearly; the rate matters more). The tiny
+    GPT-2s of the built-in tasks take ``agents.presets.TINY_MODEL_OPTIONS["ppo"]`` (3e-4)."""
 
     precision: str = "auto"
     """Forward-pass precision: auto | bf16 | fp32 (log-probs, KL and losses stay fp32)."""
@@ -117,7 +122,7 @@ class PPOConfig(AgentConfig):
     """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
     mc_values: int = 0
     """VinePPO: K rollouts from each step's start state replace the critic's V there (0 = off)."""
-    optim: OptimConfig = group(OptimConfig)
+    optim: OptimConfig = group(lambda: OptimConfig(learning_rate=3e-6))
     sampling: SamplingConfig = group(SamplingConfig)
     kl: KLConfig = group(KLConfig)
     lora: LoraOptions = group(LoraOptions, prefix="lora_")
@@ -185,6 +190,8 @@ class PPO(PromptBudget, Agent):
             critic = ValueModel.from_backbone(config.critic_init)
         self.critic = critic.eval()
         self.dist.place(self.critic)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.critic.backbone)
         self.dist.check_divisible(minibatch_size=config.minibatch_size)
         self.train_forward = self.dist.prepare(
             policy_logits_and_values, policy=self.policy, critic=self.critic

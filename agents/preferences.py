@@ -148,7 +148,7 @@ def sample_preferences(
     prompts = [p for p in drawn for _ in range(config.k)]  # each prompt k times, side by side
     sampling = config.sampling
     completions, gold = sample_completions(
-        model, env, prompts, sampling, config.seed, resolve_precision(config.precision)
+        model, env, prompts, sampling, config.seed, resolve_precision(config.precision, model=model)
     )
 
     rows, identical = label_pairs(prompts, completions, gold, config, rng)

@@ -3,9 +3,11 @@
 
 Data: TRL's stepwise supervision, ``{"prompt", "completions": [step, ...], "labels": [bool,
 ...]}`` rows (JSONL or a list of dicts; ``agents.process_labels`` samples them from a policy,
-labelled by a gold step checker or by Math-Shepherd rollouts). The model is a ``transformers``
-token-classification model with two labels (class 1 = the step is correct; TRL's choice, so a
-TRL-trained PRM and ours read the same way) initialised from a policy's weights with a new head.
+labelled by a gold step checker or by Math-Shepherd rollouts). A conversational prompt (a list
+of messages) is rendered with the tokenizer's chat template and its generation prompt; the steps
+follow it as plain text. The model is a ``transformers`` token-classification model with two
+labels (class 1 = the step is correct; TRL's choice, so a TRL-trained PRM and ours read the same
+way) initialised from a policy's weights with a new head.
 It reads ``prompt + step_1 + sep + ... + step_n + sep`` and is trained with cross-entropy at the
 steps' closing tokens only (the token holding the last character of each step's separator;
 ``reward_models.prm.encode_steps``): every other token is ignored.
@@ -19,12 +21,12 @@ wrong, which a PRM saying "correct" everywhere gets 0 on).
 
 from __future__ import annotations
 
-import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,24 +42,37 @@ from agents.common.config import (
     local_dir,
 )
 from agents.common.distributed import Distributed
-from agents.common.offline import check_offline_options, offline_schedule, offline_step
+from agents.common.memory import enable_gradient_checkpointing
+from agents.common.offline import (
+    Text,
+    check_offline_options,
+    jsonl_rows,
+    offline_schedule,
+    offline_step,
+    with_pad_token,
+)
 from agents.common.policy import to_device
 from agents.common.precision import autocast, resolve_precision
 from agents.common.run import Agent, make_optimizer
-from llm_env.tasks.jsonl import JsonlError, read_jsonl
+from llm_env.chat import check_messages, render_text
+from llm_env.tasks.jsonl import JsonlError
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
 from reward_models.prm import AGGREGATES, IGNORE, PRM_FILE, encode_steps, pad_step_rows, step_logits
 
-StepRow = tuple[str, list[str], list[bool]]  # prompt, steps, labels
+StepRow = tuple[Text, list[str], list[bool]]  # prompt (text or messages), steps, labels
 
 
 def _prm_optim() -> OptimConfig:
-    return OptimConfig(learning_rate=5e-4, warmup_steps=10, lr_schedule="linear")
+    return OptimConfig(learning_rate=1e-4, warmup_steps=10, lr_schedule="linear")
 
 
 @dataclass
 class PRMConfig(AgentConfig):
-    """Process reward model training (defaults: ~1 min on a few hundred arithmetic chains)."""
+    """Process reward model training.
+
+    Defaults suit a pretrained checkpoint, as the outcome reward model's: learning rate 1e-4
+    (TRL ``RewardConfig``), 10 warm-up steps then linear decay. A tiny GPT-2 trained from
+    scratch takes ``agents.presets.TINY_MODEL_OPTIONS["prm"]`` (5e-4)."""
 
     batch_size: int = 32
     """Rows (completions, all their steps) per optimiser step."""
@@ -110,8 +125,15 @@ def prm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 def _check_row(row: dict, where: str) -> StepRow:
     """``(prompt, steps, labels)`` of one row, or an error naming ``where`` (file:line or #i)."""
     prompt, steps, labels = row.get("prompt"), row.get("completions"), row.get("labels")
-    if not isinstance(prompt, str):
-        raise JsonlError(f"{where}: 'prompt' must be a string, got {prompt!r}")
+    if isinstance(prompt, list):
+        try:
+            prompt = check_messages(prompt, f"{where}: key 'prompt'")
+        except ValueError as e:
+            raise JsonlError(str(e)) from None
+    elif not isinstance(prompt, str):
+        raise JsonlError(
+            f"{where}: 'prompt' must be a string or a list of messages, got {prompt!r}"
+        )
     if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
         raise JsonlError(f"{where}: 'completions' must be a list of step strings, got {steps!r}")
     if not isinstance(labels, list) or not all(isinstance(v, bool) for v in labels):
@@ -130,10 +152,7 @@ def load_step_data(data: str | Path | Sequence[dict]) -> list[StepRow]:
     """Stepwise-supervision rows from JSONL (errors name file and line) or a list of dicts
     (errors name the example's index)."""
     if isinstance(data, (str, Path)):
-        rows = read_jsonl(data, required=("prompt",))
-        text = Path(data).read_text(encoding="utf-8")
-        lines = [n for n, line in enumerate(io.StringIO(text, newline=None), 1) if line.strip()]
-        out = [_check_row(r, f"{data}:{n}") for r, n in zip(rows, lines)]
+        out = [_check_row(r, where) for where, r in jsonl_rows(data, ("prompt",), ("prompt",))]
     else:
         out = [_check_row(dict(r), f"PRM example #{i}") for i, r in enumerate(data)]
     if not out:
@@ -153,7 +172,8 @@ class PRMTrainer(Agent):
     """A PRM initialised from a policy's weights with a two-label token head.
 
     ``init_policy_dir``: a causal-LM ``save_pretrained`` directory (the SFT policy) or a saved
-    PRM (``load``); ``data``: stepwise-supervision rows (module docstring) or None (load only).
+    PRM (``load``); ``data``: stepwise-supervision rows (module docstring) or None (load only);
+    ``chat_template_kwargs`` go to every chat-template rendering.
     """
 
     agent_name = "prm"
@@ -164,14 +184,15 @@ class PRMTrainer(Agent):
         data: str | Path | Sequence[dict] | None,
         config: PRMConfig | None = None,
         run_dir: str | Path = "runs/prm",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.config = config = config or PRMConfig()
         self.run_dir = Path(run_dir)
-        self.precision = resolve_precision(config.precision)
         init_dir = local_dir("init_policy_dir", init_policy_dir)
-        self.tokenizer = load_tokenizer(init_dir)
+        self.tokenizer = with_pad_token(load_tokenizer(init_dir))
         check_tokenizer(self.tokenizer)
+        self.chat_template_kwargs = chat_template_kwargs
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the new head's initialisation
             self.model = AutoModelForTokenClassification.from_pretrained(
@@ -186,8 +207,11 @@ class PRMTrainer(Agent):
         self.heldout_idx, self.train_idx = order[:n_heldout], order[n_heldout:]
         if rows and len(self.train_idx) == 0:
             raise ValueError(f"{len(rows)} row(s): nothing left to train on after hold-out")
-        self.dist = Distributed()
+        self.dist = Distributed(config.device)
         self.dist.place(self.model)
+        self.precision = resolve_precision(config.precision, self.dist.device, self.model)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.train_logits = self.dist.prepare(batch_logits, model=self.model)
         n = len(self.train_idx)
         self.schedule = offline_schedule(n, config, self.dist.world_size) if n else []
@@ -196,6 +220,7 @@ class PRMTrainer(Agent):
 
     def _encode(self, row: StepRow) -> tuple[list[int], list[int], list[bool]]:
         prompt, steps, labels = row
+        prompt = render_text(self.tokenizer, prompt, self.chat_template_kwargs)
         ids, ends = encode_steps(self.tokenizer, prompt, steps, self.config.step_separator)
         return ids, ends, labels
 
@@ -271,6 +296,7 @@ class PRMTrainer(Agent):
         data: str | Path | Sequence[dict] | None = None,
         config: PRMConfig | None = None,
         run_dir: str | Path = "runs/prm",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> PRMTrainer:
         """A trainer whose model (two-label head included) comes from ``save(path)``."""
-        return cls(path, data, config, run_dir)
+        return cls(path, data, config, run_dir, chat_template_kwargs)

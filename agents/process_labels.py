@@ -138,7 +138,7 @@ def sample_completions(
     """One completion per prompt (batches of ``env.num_envs``): texts, token ids without EOS,
     outcome rewards."""
     texts, ids, outcomes = [], [], []
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(config.precision, model=model)
     batches = rollout_batches(model, env, config.sampling, generator, prompts, config.seed,
                               precision, progress="sampling")  # fmt: skip
     for roll, n in batches:
@@ -184,7 +184,7 @@ def sample_step_data(
     else:
         labels = rollout_step_labels(
             model, env, config.sampling, generator, prompts, ids, outcomes, config.rollouts,
-            config.min_success, resolve_precision(config.precision),
+            config.min_success, resolve_precision(config.precision, model=model),
         )  # fmt: skip
     rows, seen = [], set()
     for prompt, text, verdicts in zip(prompts, texts, labels):

@@ -74,7 +74,11 @@ BASELINES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
 
 @dataclass
 class ReinforceConfig(AgentConfig):
-    """REINFORCE options; the defaults train a tiny GPT-2 on the built-in tasks."""
+    """REINFORCE options.
+
+    The learning rate defaults to 1e-6, TRL's ``RLOOConfig``, for a pretrained checkpoint;
+    constant (TRL: linear decay; the rate matters more). The tiny GPT-2s of the built-in tasks
+    take ``agents.presets.TINY_MODEL_OPTIONS["reinforce"]`` (3e-4)."""
 
     precision: str = "auto"
     """Forward-pass precision: auto | bf16 | fp32 (log-probs, KL and losses stay fp32)."""
@@ -98,7 +102,7 @@ class ReinforceConfig(AgentConfig):
     """Divide the advantages R − b by their standard deviation over the batch."""
     no_eos_penalty: float = 0.0
     """Added to the reward of completions cut at the length limit without EOS (use < 0)."""
-    optim: OptimConfig = group(OptimConfig)
+    optim: OptimConfig = group(lambda: OptimConfig(learning_rate=1e-6))
     sampling: SamplingConfig = group(SamplingConfig)
     kl: KLConfig = group(KLConfig)
     lora: LoraOptions = group(LoraOptions, prefix="lora_")

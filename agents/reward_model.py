@@ -2,46 +2,65 @@
 
 The model is a ``transformers`` sequence-classification model with one label, initialised from
 the SFT policy's weights (a new scalar head), trained on ``{"prompt","chosen","rejected"}`` pairs
-with loss −log σ(r(x, y_w) − r(x, y_l)). ``save(path)`` writes what
-``reward_models.load_reward_model(path)`` scores text with (``reward_models.learned``), plus
-a normalisation measured on the pairs' completions (the SFT samples) at save time.
+with loss −log σ(r(x, y_w) − r(x, y_l)). Pairs are TRL's standard (strings) or conversational
+(message lists, rendered with the tokenizer's chat template) rows; the model reads prompt +
+completion and the EOS or end-of-turn token that ends it (``encode_scored``). ``save(path)``
+writes what ``reward_models.load_reward_model(path)`` scores text with
+(``reward_models.learned``), plus a normalisation measured on the pairs' completions (the SFT
+samples) at save time.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+)
 
 from agents.common.config import AgentConfig, OptimConfig, check_range, group, local_dir
 from agents.common.distributed import Distributed
+from agents.common.memory import enable_gradient_checkpointing
 from agents.common.offline import (
+    Text,
     check_offline_options,
+    end_with_eos,
     load_preference_pairs,
     offline_schedule,
     offline_step,
+    render_examples,
+    right_pad,
+    stop_ids,
+    with_pad_token,
 )
 from agents.common.policy import to_device
 from agents.common.precision import autocast, resolve_precision
 from agents.common.run import Agent, make_optimizer
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
-from reward_models.learned import NORM_FILE, encode_texts, sequence_scores
+from reward_models.learned import NORM_FILE, sequence_scores
 
 
 def _rm_optim() -> OptimConfig:
-    return OptimConfig(learning_rate=5e-4, warmup_steps=10, lr_schedule="linear")
+    return OptimConfig(learning_rate=1e-4, warmup_steps=10, lr_schedule="linear")
 
 
 @dataclass
 class RewardModelConfig(AgentConfig):
-    """Bradley–Terry reward-model training (defaults: ~1 min on the ``sentiment`` pairs)."""
+    """Bradley–Terry reward-model training.
+
+    Defaults suit a pretrained checkpoint: learning rate 1e-4 (TRL ``RewardConfig``), 10
+    warm-up steps then linear decay (TRL: linear, no warm-up; the warm-up is kept). A tiny GPT-2
+    trained from scratch takes ``agents.presets.TINY_MODEL_OPTIONS["reward_model"]`` (5e-4)."""
 
     batch_size: int = 32
     """Preference pairs per optimiser step (chosen and rejected in one forward pass)."""
@@ -82,6 +101,31 @@ def bradley_terry_loss(
     }
 
 
+def encode_scored(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Text],
+    completions: Sequence[Text],
+    max_length: int,
+    stops: Collection[int] = (),
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask`` (masks from lengths) of prompt + completion
+    tokenised in one piece (``render_examples``), a plain-text one ended with ``<eos>`` unless it
+    ends with a stop id (``end_with_eos``): for plain text what ``reward_models.learned`` scores.
+    Over-long texts keep their last ``max_length`` tokens: the score is read at the end."""
+    eos = tokenizer.eos_token_id
+    prompts, completions, plain = render_examples(
+        tokenizer, prompts, completions, chat_template_kwargs
+    )
+    joint = tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)
+    stops = {eos, *stops}
+    rows = [  # an empty completion ends with <eos> whatever ends the prompt
+        end_with_eos(ids, is_plain, eos, stops if c else ())
+        for ids, c, is_plain in zip(joint["input_ids"], completions, plain)
+    ]
+    return right_pad([ids[-max_length:] for ids in rows], tokenizer.pad_token_id)
+
+
 def batch_scores(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str
 ) -> torch.Tensor:
@@ -94,9 +138,10 @@ class RewardModelTrainer(Agent):
     """Bradley–Terry reward model initialised from a policy's weights with a scalar head.
 
     ``init_policy_dir``: a causal-LM ``save_pretrained`` directory (the SFT policy), or a saved
-    reward model (``load``); ``pairs``: ``{"prompt","chosen","rejected"}`` JSONL or a list
-    (``chosen_gold``/``rejected_gold`` optional). After ``learn()``, ``summary()`` gives held-out
-    pairwise accuracy and agreement with gold.
+    reward model (``load``); ``pairs``: ``{"prompt","chosen","rejected"}`` JSONL or a list,
+    strings or message lists (``chosen_gold``/``rejected_gold`` optional);
+    ``chat_template_kwargs`` go to every chat-template rendering. After ``learn()``,
+    ``summary()`` gives held-out pairwise accuracy and agreement with gold.
     """
 
     agent_name = "reward_model"
@@ -107,14 +152,20 @@ class RewardModelTrainer(Agent):
         pairs: str | Path | Sequence | None,
         config: RewardModelConfig | None = None,
         run_dir: str | Path = "runs/reward_model",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.config = config = config or RewardModelConfig()
         self.run_dir = Path(run_dir)
-        self.precision = resolve_precision(config.precision)
         init_dir = local_dir("init_policy_dir", init_policy_dir)
-        self.tokenizer = load_tokenizer(init_dir)
+        self.tokenizer = with_pad_token(load_tokenizer(init_dir))
         check_tokenizer(self.tokenizer)
+        self.chat_template_kwargs = chat_template_kwargs
+        generation = init_dir / "generation_config.json"
+        self.stops = stop_ids(
+            self.tokenizer,
+            GenerationConfig.from_pretrained(init_dir) if generation.is_file() else None,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the scalar head's initialisation
             self.model = AutoModelForSequenceClassification.from_pretrained(
@@ -136,8 +187,11 @@ class RewardModelTrainer(Agent):
         if self.pairs and len(self.train_idx) == 0:
             raise ValueError(f"{len(self.pairs)} pair(s): nothing left to train on after hold-out")
         self.mean, self.std = 0.0, 1.0
-        self.dist = Distributed()
+        self.dist = Distributed(config.device)
         self.dist.place(self.model)
+        self.precision = resolve_precision(config.precision, self.dist.device, self.model)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.train_scores = self.dist.prepare(batch_scores, model=self.model)
         n = len(self.train_idx)
         self.schedule = offline_schedule(n, config, self.dist.world_size) if n else []
@@ -147,10 +201,19 @@ class RewardModelTrainer(Agent):
     def _models(self):
         return {"model": self.model}
 
-    def scores(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+    def encode(
+        self, prompts: Sequence[Text], completions: Sequence[Text]
+    ) -> dict[str, torch.Tensor]:
+        """``encode_scored`` with this trainer's options, on its device."""
+        batch = encode_scored(
+            self.tokenizer, prompts, completions, self.config.max_length, self.stops,
+            self.chat_template_kwargs,
+        )  # fmt: skip
+        return to_device(batch, self.dist.device)
+
+    def scores(self, prompts: Sequence[Text], completions: Sequence[Text]) -> torch.Tensor:
         """Raw (unnormalised) fp32 scores, shape (N,)."""
-        batch = encode_texts(self.tokenizer, prompts, completions, self.config.max_length)
-        return batch_scores(self.model, to_device(batch, self.dist.device), self.precision)
+        return batch_scores(self.model, self.encode(prompts, completions), self.precision)
 
     def pair_rewards(
         self, indices: np.ndarray, train: bool = False
@@ -162,10 +225,7 @@ class RewardModelTrainer(Agent):
         prompts = [self.pairs[i][0] for i in indices]
         chosen = [self.pairs[i][1] for i in indices]
         rejected = [self.pairs[i][2] for i in indices]
-        batch = encode_texts(
-            self.tokenizer, prompts + prompts, chosen + rejected, self.config.max_length
-        )
-        batch = to_device(batch, self.dist.device)
+        batch = self.encode(prompts + prompts, chosen + rejected)
         forward = self.train_scores if train else lambda b, p: batch_scores(self.model, b, p)
         rewards = forward(batch, self.precision)
         n = len(indices)
@@ -216,7 +276,12 @@ class RewardModelTrainer(Agent):
     def measure_normalization(self) -> tuple[float, float]:
         """Mean and std of the raw scores on the distinct completions of the pairs (SFT samples)."""
         self.model.eval()
-        texts = sorted({(p, c) for p, chosen, rejected in self.pairs for c in (chosen, rejected)})
+        distinct = {
+            (_key(p), _key(c)): (p, c)
+            for p, chosen, rejected in self.pairs
+            for c in (chosen, rejected)
+        }
+        texts = [distinct[k] for k in sorted(distinct)]
         raw = torch.cat([self.scores(*zip(*texts[s : s + 128])) for s in range(0, len(texts), 128)])
         raw = raw.cpu().numpy()
         return float(raw.mean()), float(max(raw.std(), 1e-6))
@@ -249,6 +314,12 @@ class RewardModelTrainer(Agent):
         pairs: str | Path | Sequence | None = None,
         config: RewardModelConfig | None = None,
         run_dir: str | Path = "runs/reward_model",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> RewardModelTrainer:
         """A trainer whose model (scalar head included) comes from ``save(path)``."""
-        return cls(path, pairs, config, run_dir)
+        return cls(path, pairs, config, run_dir, chat_template_kwargs)
+
+
+def _key(value: Text) -> tuple[bool, str]:
+    """A sortable, hashable key of a text or a message list (plain texts sort as themselves)."""
+    return (False, value) if isinstance(value, str) else (True, json.dumps(value))

@@ -1,14 +1,20 @@
 """Supervised fine-tuning: next-token cross-entropy on ``{"prompt", "completion"}`` examples.
 
-The loss reads the completion tokens (and the EOS that ends them) only; ``train_on_prompt``
+Rows are TRL's standard (strings) or conversational (message lists, rendered with the tokenizer's
+chat template: the completion ends with the template's end-of-turn token) form; a plain-text
+completion gets ``<eos>`` unless it ends with a stop id already. The loss reads the completion
+tokens (and the EOS or end-of-turn token that ends them) only, over the tokenizer's vocabulary
+(a padded embedding table's extra rows get no probability); ``train_on_prompt``
 scores every token, which turns SFT into plain language-model pre-training on a raw corpus —
 ``pretrain_on_task`` uses it to train a tiny policy from scratch on a built-in task's corpus.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,29 +22,39 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.common.config import AgentConfig, OptimConfig, check_positive, check_range, group
 from agents.common.distributed import Distributed
+from agents.common.memory import enable_gradient_checkpointing
 from agents.common.offline import (
+    Text,
     check_offline_options,
     encode_examples,
     load_examples,
+    load_offline_policy,
     offline_schedule,
     offline_step,
     pad_batch,
     sequence_logprobs,
+    stop_ids,
 )
-from agents.common.policy import load_policy, to_device
+from agents.common.policy import to_device
 from agents.common.precision import resolve_precision
 from agents.common.run import Agent, make_optimizer
+from agents.presets import tiny_model_config
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task
 
 
 def _sft_optim() -> OptimConfig:
-    return OptimConfig(learning_rate=2e-3, weight_decay=0.01, warmup_steps=20, lr_schedule="linear")
+    return OptimConfig(learning_rate=2e-5, weight_decay=0.01, warmup_steps=20, lr_schedule="linear")
 
 
 @dataclass
 class SFTConfig(AgentConfig):
-    """Supervised fine-tuning / pre-training options (defaults: a tiny GPT-2 on ``sentiment``)."""
+    """Supervised fine-tuning / pre-training options.
+
+    Defaults suit a pretrained checkpoint: learning rate 2e-5 (TRL ``SFTConfig``), AdamW weight
+    decay 0.01 (TRL: 0), 20 warm-up steps then linear decay (TRL: linear, no warm-up; the
+    warm-up spares the pretrained weights Adam's first, unscaled steps). A tiny GPT-2 trained
+    from scratch takes ``agents.presets.TINY_MODEL_OPTIONS["sft"]`` (2e-3)."""
 
     log_every: int = 25
     """Write a log point every this many steps (0 = only at evaluations and the end)."""
@@ -81,7 +97,9 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 class SFT(Agent):
     """Fine-tune ``policy`` (a ``save_pretrained`` directory or a model object) on ``data``
-    (a JSONL path or a list of ``(prompt, completion)``); ``learn()`` then ``save(dir)``."""
+    (a JSONL path or a list of ``(prompt, completion)``, strings or message lists);
+    ``learn()`` then ``save(dir)``. ``chat_template_kwargs`` (e.g. ``{"enable_thinking":
+    False}``) go to every chat-template rendering."""
 
     agent_name = "sft"
 
@@ -89,25 +107,33 @@ class SFT(Agent):
         self,
         policy: str | Path | PreTrainedModel,
         tokenizer: str | Path | PreTrainedTokenizerBase | None,
-        data: str | Path | list[tuple[str, str]] | None,
+        data: str | Path | list[tuple[Text, Text]] | None,
         config: SFTConfig | None = None,
         run_dir: str | Path = "runs/sft",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.config = config = config or SFTConfig()
         self.run_dir = Path(run_dir)
-        self.dist = Distributed()
-        self.policy, self.tokenizer = load_policy(policy, tokenizer)
-        self.precision = resolve_precision(config.precision)
+        self.dist = Distributed(config.device)
+        self.policy, self.tokenizer = load_offline_policy(policy, tokenizer)
+        self.vocab_size = len(self.tokenizer)
+        self.precision = resolve_precision(config.precision, self.dist.device, self.policy)
         self.train_rows, self.heldout = [], []
         if data is not None:
             examples, _ = load_examples(data, ("prompt", "completion"), "SFT data")
-            encoded = encode_examples(self.tokenizer, *zip(*examples), config.max_length)
+            encoded = encode_examples(
+                self.tokenizer, *zip(*examples), config.max_length,
+                stop_ids(self.tokenizer, getattr(self.policy, "generation_config", None)),
+                chat_template_kwargs,
+            )  # fmt: skip
             order = np.random.default_rng(config.seed).permutation(len(encoded))
             n_heldout = min(config.max_heldout, int(len(encoded) * config.heldout_fraction))
             self.heldout = [encoded[i] for i in order[:n_heldout]]
             self.train_rows = [encoded[i] for i in order[n_heldout:]]
         self.dist.place(self.policy)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)
         self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
         self.schedule = (
             offline_schedule(len(self.train_rows), config, self.dist.world_size)
@@ -126,7 +152,8 @@ class SFT(Agent):
 
     def loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.batch([self.train_rows[i] for i in indices])
-        return sft_loss(self.train_logprobs(batch, self.precision), batch["loss_mask"])
+        logprobs = self.train_logprobs(batch, self.precision, self.vocab_size)
+        return sft_loss(logprobs, batch["loss_mask"])
 
     @torch.no_grad()
     def heldout_ce(self) -> float:
@@ -135,7 +162,7 @@ class SFT(Agent):
         total, count = 0.0, 0.0
         for start in range(0, len(self.heldout), 128):
             batch = self.batch(self.heldout[start : start + 128])
-            logprobs = sequence_logprobs(self.policy, batch, self.precision)
+            logprobs = sequence_logprobs(self.policy, batch, self.precision, self.vocab_size)
             total -= logprobs.sum().item()
             count += batch["loss_mask"].sum().item()
         return total / max(count, 1.0)
@@ -161,12 +188,13 @@ class SFT(Agent):
     def load(
         cls,
         path: str | Path,
-        data: str | Path | list[tuple[str, str]] | None = None,
+        data: str | Path | list[tuple[Text, Text]] | None = None,
         config: SFTConfig | None = None,
         run_dir: str | Path = "runs/sft",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> SFT:
         """An agent whose policy and tokenizer come from ``save(path)``."""
-        return cls(path, None, data, config, run_dir)
+        return cls(path, None, data, config, run_dir, chat_template_kwargs)
 
 
 def pretrain_on_task(
@@ -178,8 +206,9 @@ def pretrain_on_task(
     model_kwargs: dict | None = None,
 ) -> Path:
     """Train ``llm_env.tiny_gpt2`` from scratch on the task's demonstrations (loss on every
-    token) and save it with the task's tokenizer to ``out_dir``."""
-    config = replace(config or SFTConfig(), train_on_prompt=True)
+    token) and save it with the task's tokenizer to ``out_dir``. ``config``: by default the
+    tiny-model settings (``agents.presets``); a given one is used as it is."""
+    config = replace(config or tiny_model_config("sft", SFTConfig), train_on_prompt=True)
     task = make_task(task_name, **(task_kwargs or {}))
     if not task.demonstrations:
         raise ValueError(f"task {task.name!r} has no demonstrations to pre-train on")

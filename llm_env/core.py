@@ -1,39 +1,51 @@
 """The token-MDP rules, written once for one or many sequences.
 
 ``TokenBatch`` holds B sequences as numpy arrays and applies the rules of the MDP:
-one token = one action (appended deterministically); EOS ends the episode (terminated); the
-``max_new_tokens``-th token ends it too (truncated, unless that token is EOS); the reward is 0 on
-every step except the last, which carries ``reward_model.score([prompt], [completion])`` — every
-sequence that finishes in a step is scored in ONE batched call. An optional process reward
+one token = one action (appended deterministically); a stop token (EOS, the checkpoint's
+``generation_config`` stop ids, ``stop_tokens``) ends the episode (terminated); the
+``max_new_tokens``-th token ends it too (truncated, unless that token is a stop token); the
+reward is 0 on every step except the last, which carries ``reward_model.score([prompt],
+[completion])`` — every sequence that finishes in a step is scored in ONE batched call. An optional process reward
 (``llm_env.process``) adds a reward on the tokens that close a step. Both ``TokenMDPEnv`` (B = 1)
 and ``TokenMDPVectorEnv`` delegate to it, so a vector env and B single envs agree token for token.
 
 Observation layout (length ``max_prompt_tokens + max_new_tokens``): the prompt tokens, then the
-generated tokens, then pad tokens; ``attention_mask`` is 1 on real tokens. Prompts longer than
-``max_prompt_tokens`` are truncated from the left (their end is what the policy continues) with
-a warning naming the prompt. An episode may start from a prefix: token ids written after the
-prompt as if generated (they count toward ``max_new_tokens``).
+generated tokens, then pad tokens (the pad id, or EOS without one); ``attention_mask`` is 1 on
+real tokens and is tracked, never derived from the ids (pad may equal EOS, and a chat prompt
+holds EOS-like tokens). Prompts longer than ``max_prompt_tokens`` are truncated from the left
+(their end is what the policy continues) with a warning naming the prompt. An episode may start
+from a prefix: token ids written after the prompt as if generated (they count toward
+``max_new_tokens``). A prompt is a string or a list of messages, rendered with the tokenizer's
+chat template (``llm_env.chat``); a string that is one of the task's rendered prompts is that
+conversation.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
+from llm_env.chat import Messages, check_messages, render_prompt
 from llm_env.process import ProcessRewards, ProcessSetup, StepBoundary, resolve_process
 from llm_env.tasks import Task, make_task
-from llm_env.tokenizer import check_tokenizer, load_tokenizer
+from llm_env.tokenizer import check_tokenizer, load_tokenizer, pad_id, resolve_stop_ids
 from reward_models.base import RewardModel, checked_score, load_reward_model
 
 
 @dataclass
 class EnvSetup:
-    """Everything an env needs, resolved from the user's (mostly optional) arguments."""
+    """Everything an env needs, resolved from the user's (mostly optional) arguments.
+
+    ``task`` is rendered (``Task.rendered``): its prompts are the text the policy continues.
+    ``stop_ids``: every id that ends an episode, EOS first. ``pad_id``: the observation padding
+    (the tokenizer's pad, or EOS without one). ``conversations``: rendered prompt → its messages.
+    """
 
     task: Task
     tokenizer: PreTrainedTokenizerBase
@@ -43,7 +55,18 @@ class EnvSetup:
     max_prompt_tokens: int
     vocab_size: int
     split: str
+    stop_ids: tuple[int, ...]
+    pad_id: int
     process: ProcessSetup | None = None
+    chat_template_kwargs: dict | None = None
+    conversations: dict[str, Messages] = field(default_factory=dict, repr=False)
+
+    def prompt(self, value: str | Messages) -> tuple[str, Messages | None]:
+        """A prompt's text and messages: a message list rendered with the chat template and
+        the generation prompt; a string as is, with the messages of the task's prompt it is."""
+        if isinstance(value, str):
+            return value, self.conversations.get(value)
+        return render_prompt(self.tokenizer, value, self.chat_template_kwargs), value
 
 
 def check_positive_int(name: str, value) -> None:
@@ -67,13 +90,19 @@ def resolve_setup(
     process_reward_model=None,
     step_boundary: StepBoundary | None = None,
     process_reward_mode: str = "step",
+    stop_tokens: Sequence[str | int] | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> EnvSetup:
     """Fill in defaults from the task and check every argument, naming the one that is wrong."""
-    if task_kwargs is not None and not isinstance(task_kwargs, dict):
-        raise TypeError(
-            "task_kwargs must be a dict of task options (e.g. {'max_operand': 9}), got "
-            f"{type(task_kwargs).__name__} {task_kwargs!r}"
-        )
+    for name, value, example in (
+        ("task_kwargs", task_kwargs, "task options (e.g. {'max_operand': 9})"),
+        ("chat_template_kwargs", chat_template_kwargs, "options (e.g. {'enable_thinking': False})"),
+    ):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(
+                f"{name} must be a dict of {example}, got {type(value).__name__} {value!r}"
+            )
     for name, value in (
         ("max_new_tokens", max_new_tokens),
         ("max_prompt_tokens", max_prompt_tokens),
@@ -83,8 +112,11 @@ def resolve_setup(
             check_positive_int(name, value)
     task = make_task(task, **(task_kwargs or {}))
     task.prompts(split)  # validates the split name
+    directory = tokenizer if isinstance(tokenizer, (str, Path)) else None
     tokenizer = task.tokenizer() if tokenizer is None else load_tokenizer(tokenizer)
     check_tokenizer(tokenizer)
+    stop_ids = resolve_stop_ids(tokenizer, directory, stop_tokens, stop_token_ids)
+    task = task.rendered(tokenizer, chat_template_kwargs)
     n_tokens = len(tokenizer)
     if vocab_size is None:
         vocab_size = n_tokens
@@ -115,9 +147,18 @@ def resolve_setup(
         max_prompt_tokens=int(max_prompt_tokens or task.max_prompt_tokens),
         vocab_size=int(vocab_size),
         split=split,
+        stop_ids=stop_ids,
+        pad_id=pad_id(tokenizer),
         process=resolve_process(
             task, tokenizer, process_reward_model, step_boundary, process_reward_mode
         ),
+        chat_template_kwargs=chat_template_kwargs,
+        conversations={
+            text: messages
+            for part in ("train", "eval")
+            for text, messages in zip(task.prompts(part), task.messages(part))
+            if messages is not None
+        },
     )
 
 
@@ -135,6 +176,18 @@ def draw_prompt(rng: np.random.Generator, prompts: Sequence[str]) -> str:
     return prompts[int(rng.integers(len(prompts)))]
 
 
+def check_prompt(value, name: str) -> str | Messages:
+    """A reset prompt: a string, or a list of ``{"role", "content"}`` messages (rendered with
+    the chat template); else an error naming ``name``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return check_messages(value, name)
+    raise TypeError(
+        f"{name} must be a string or a list of messages, got {type(value).__name__} {value!r}"
+    )
+
+
 def as_token_ids(actions, batch_size: int, vocab_size: int) -> np.ndarray:
     """Validate actions: integers in ``[0, vocab_size)``, one per sequence."""
     arr = np.asarray(actions)
@@ -148,9 +201,9 @@ def as_token_ids(actions, batch_size: int, vocab_size: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def check_prefix(prefix, setup: EnvSetup, eos_id: int, name: str) -> np.ndarray:
-    """Validate a reset prefix: integer token ids of the action space, no EOS, shorter than
-    ``max_new_tokens`` (a token is left to generate). Errors name ``name`` and the bad id."""
+def check_prefix(prefix, setup: EnvSetup, name: str) -> np.ndarray:
+    """Validate a reset prefix: integer token ids of the action space, no stop token, shorter
+    than ``max_new_tokens`` (a token is left to generate). Errors name ``name`` and the bad id."""
     try:
         arr = np.asarray(prefix)
     except ValueError:  # ragged
@@ -172,11 +225,14 @@ def check_prefix(prefix, setup: EnvSetup, eos_id: int, name: str) -> np.ndarray:
             f"{name}: token id {int(arr[k])} at position {k} is outside the action space "
             f"Discrete({vocab}): valid ids are 0..{vocab - 1}"
         )
-    eos = np.flatnonzero(arr == eos_id)
-    if eos.size:
+    stops = np.flatnonzero(np.isin(arr, setup.stop_ids))
+    if stops.size:
+        k = int(stops[0])
+        what = "EOS" if arr[k] == setup.stop_ids[0] else "stop token"
+        token = setup.tokenizer.convert_ids_to_tokens(int(arr[k]))
         raise ValueError(
-            f"{name}: EOS (id {eos_id}) at position {int(eos[0])}: a prefix cannot contain EOS "
-            "(the episode would already have ended)"
+            f"{name}: {what} {token!r} (id {int(arr[k])}) at position {k}: a prefix cannot "
+            f"contain EOS or another stop token (the episode would already have ended)"
         )
     return arr.astype(np.int64)
 
@@ -199,8 +255,9 @@ class TokenBatch:
     def __init__(self, setup: EnvSetup, batch_size: int):
         self.setup = setup
         self.batch_size = batch_size
-        self.pad_id = setup.tokenizer.pad_token_id
+        self.pad_id = setup.pad_id
         self.eos_id = setup.tokenizer.eos_token_id
+        self.stop_ids = np.asarray(setup.stop_ids, dtype=np.int64)
         width = setup.max_prompt_tokens + setup.max_new_tokens
         self.input_ids = np.full((batch_size, width), self.pad_id, dtype=np.int64)
         self.attention_mask = np.zeros((batch_size, width), dtype=np.int64)
@@ -210,6 +267,8 @@ class TokenBatch:
         self.finished = np.zeros(batch_size, dtype=bool)
         self.finish_reason: list[str | None] = [None] * batch_size
         self.prompt_text = [""] * batch_size
+        self.messages: list[Messages | None] = [None] * batch_size
+        self._prompt_plain = [""] * batch_size  # decoded without special tokens, as completions
         self._warned_truncation = False
         self.process: ProcessRewards | None = None
         if setup.process is not None:
@@ -219,19 +278,24 @@ class TokenBatch:
     def start(
         self,
         index: Sequence[int],
-        prompts: Sequence[str],
+        prompts: Sequence[str | Messages],
         prefixes: Sequence[np.ndarray] | None = None,
     ) -> None:
-        """Begin new episodes for sequences ``index`` with ``prompts`` (one batched tokenizer
-        call), each continued by its checked prefix (``check_prefix``) when given."""
+        """Begin new episodes for sequences ``index`` with ``prompts`` (strings or checked
+        message lists, ``EnvSetup.prompt``; one batched tokenizer call, no special tokens added:
+        a rendered chat prompt has them), each continued by its checked prefix (``check_prefix``)
+        when given."""
         if len(index) == 0:
             return
-        encoded = self.setup.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        texts, messages = zip(*(self.setup.prompt(p) for p in prompts))
+        tokenizer = self.setup.tokenizer
+        encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         limit = self.setup.max_prompt_tokens
-        for i, prompt, ids in zip(index, prompts, encoded):
+        for i, prompt, conversation, ids in zip(index, texts, messages, encoded):
             if not ids:
                 raise ValueError(f"prompt {prompt!r} is empty after tokenization")
-            if len(ids) > limit:
+            truncated = len(ids) > limit
+            if truncated:
                 if not self._warned_truncation:
                     warnings.warn(
                         f"prompt {prompt!r} has {len(ids)} tokens > max_prompt_tokens={limit}; "
@@ -245,7 +309,12 @@ class TokenBatch:
             self.input_ids[i, : len(ids)] = ids
             self.attention_mask[i, : len(ids)] = 1
             self.prompt_len[i] = len(ids)
-            self.prompt_text[i] = self.setup.tokenizer.decode(ids, skip_special_tokens=True)
+            self._prompt_plain[i] = tokenizer.decode(ids, skip_special_tokens=True)
+            self.messages[i] = conversation
+            if conversation is None:
+                self.prompt_text[i] = self._prompt_plain[i]
+            else:  # the rendered text, its special tokens kept
+                self.prompt_text[i] = tokenizer.decode(ids) if truncated else prompt
         index = np.asarray(index)
         self.num_new[index] = 0
         self.started[index] = True
@@ -256,6 +325,17 @@ class TokenBatch:
             self._write_prefix(int(i), prefix)
         if self.process is not None:
             self.process.start(self, index)
+
+    def prompt_info(self, i: int) -> dict:
+        """Sequence ``i``'s reset info: the prompt text, its messages if any, the lengths."""
+        info = {
+            "prompt": self.prompt_text[i],
+            "prompt_length": int(self.prompt_len[i]),
+            "prefix_length": int(self.num_new[i]),
+        }
+        if self.messages[i] is not None:
+            info["messages"] = [dict(m) for m in self.messages[i]]
+        return info
 
     def _write_prefix(self, i: int, prefix: np.ndarray) -> None:
         """Append ``prefix`` to sequence ``i`` as if generated (no reward, no end check)."""
@@ -283,7 +363,7 @@ class TokenBatch:
         self.input_ids[rows, self.prompt_len[rows] + self.num_new[rows]] = tokens[rows]
         self.attention_mask[rows, self.prompt_len[rows] + self.num_new[rows]] = 1
         self.num_new[rows] += 1
-        terminated = active & (tokens == self.eos_id)
+        terminated = active & np.isin(tokens, self.stop_ids)
         truncated = active & ~terminated & (self.num_new >= self.setup.max_new_tokens)
         done = np.flatnonzero(terminated | truncated)
         self.finished[done] = True
@@ -298,19 +378,20 @@ class TokenBatch:
         return StepResult(rewards, terminated, truncated, final_infos, outcome, process)
 
     def completion_ids(self, i: int) -> np.ndarray:
-        """Generated token ids of sequence ``i`` (EOS included if emitted)."""
+        """Generated token ids of sequence ``i`` (the stop token included if emitted)."""
         start = self.prompt_len[i]
         return self.input_ids[i, start : start + self.num_new[i]]
 
     def completion_text(self, i: int) -> str:
-        """Text such that ``prompt_text + completion_text == decode(prompt + completion)``."""
+        """Text such that ``prompt_text + completion_text == decode(prompt + completion)``
+        (special tokens skipped; a chat prompt's text keeps its own)."""
         return self.completion_texts([i])[0]
 
     def completion_texts(
         self, rows: Sequence[int], lengths: Sequence[int] | None = None
     ) -> list[str]:
         """``completion_text`` of each of ``rows`` (one batched decode), or of its first
-        ``lengths[k]`` generated tokens; by default all of them, a final EOS excluded."""
+        ``lengths[k]`` generated tokens; by default all of them, a final stop token excluded."""
         if lengths is None:
             lengths = [self.num_new[i] - (self.finish_reason[i] == "eos") for i in rows]
         ends = [self.prompt_len[i] + n for i, n in zip(rows, lengths)]
@@ -318,7 +399,7 @@ class TokenBatch:
         decode = self.setup.tokenizer.batch_decode
         texts = []
         for i, end, full in zip(rows, ends, decode(full_ids, skip_special_tokens=True)):
-            prompt = self.prompt_text[i]
+            prompt = self._prompt_plain[i]
             if not full.startswith(prompt):
                 ids = self.input_ids[i, self.prompt_len[i] : end]
                 full = prompt + self.setup.tokenizer.decode(ids, skip_special_tokens=True)
@@ -328,14 +409,18 @@ class TokenBatch:
     def _score(self, done: np.ndarray) -> tuple[np.ndarray, dict[int, dict]]:
         prompts = [self.prompt_text[i] for i in done]
         completions = self.completion_texts(done.tolist())
-        rewards = checked_score(self.setup.reward_model, prompts, completions)
+        messages = [self.messages[i] for i in done]
+        conversations = None  # copies for the reward functions (they may edit them)
+        if any(m is not None for m in messages):
+            conversations = [None if m is None else [dict(x) for x in m] for m in messages]
+        rewards = checked_score(self.setup.reward_model, prompts, completions, conversations)
         gold_model = self.setup.gold_reward_model
         if gold_model is None:
             gold = None
         elif gold_model is self.setup.reward_model:
             gold = rewards
         else:
-            gold = checked_score(gold_model, prompts, completions)
+            gold = checked_score(gold_model, prompts, completions, conversations)
         infos = {}
         for k, i in enumerate(done):
             info = {
@@ -344,6 +429,11 @@ class TokenBatch:
                 "finish_reason": self.finish_reason[i],
                 "length": int(self.num_new[i]),
             }
+            if self.finish_reason[i] == "eos":
+                last = int(self.input_ids[i, self.prompt_len[i] + self.num_new[i] - 1])
+                info["stop_token"] = self.setup.tokenizer.convert_ids_to_tokens(last)
+            if messages[k] is not None:
+                info["messages"] = [dict(m) for m in messages[k]]
             if gold is not None:
                 info["gold_reward"] = float(gold[k])
             infos[int(i)] = info

@@ -12,6 +12,7 @@ from llm_env.core import (
     TokenBatch,
     as_token_ids,
     check_prefix,
+    check_prompt,
     draw_prompt,
     observation_space,
     resolve_setup,
@@ -24,7 +25,8 @@ class TokenMDPEnv(gym.Env):
 
     ## Description
     State = prompt x + tokens generated so far y<t. Each step appends one token. The episode ends
-    on EOS or after ``max_new_tokens`` tokens, and only then is a reward given: r(x, y) from a
+    on a stop token (EOS and the other stop ids, see Episode End) or after ``max_new_tokens``
+    tokens, and only then is a reward given: r(x, y) from a
     pluggable reward model (``reward_models.load_reward_model``). The env never runs a policy:
     agents keep their own model and KV cache and feed it the newest token.
 
@@ -34,9 +36,13 @@ class TokenMDPEnv(gym.Env):
 
     ## Observation Space
     ``Dict(input_ids=Box(int64, (L,)), attention_mask=Box(int64, (L,)))`` with
-    ``L = max_prompt_tokens + max_new_tokens``: prompt tokens, generated tokens, then pad tokens;
-    the mask is 1 on real tokens. Prompts longer than ``max_prompt_tokens`` keep their last tokens
-    (a warning names the prompt).
+    ``L = max_prompt_tokens + max_new_tokens``: prompt tokens, generated tokens, then pad tokens
+    (the tokenizer's pad id, or EOS when it has none; ``env.setup.pad_id``); the mask is 1 on
+    real tokens, a generated EOS included even when pad = EOS (it is never derived from the
+    ids). Prompts longer than ``max_prompt_tokens`` keep their last tokens (a warning names the
+    prompt). A chat prompt is its rendering by the tokenizer's chat template with the generation
+    prompt, tokenized without adding special tokens (the ids ``apply_chat_template(messages,
+    add_generation_prompt=True, tokenize=True)`` gives).
 
     ## Rewards
     ``reward = outcome + process`` on every step. The outcome reward is 0.0 on every step but the
@@ -53,24 +59,38 @@ class TokenMDPEnv(gym.Env):
     the agent's business; the env's reward is the pure task reward.
 
     ## Episode End
-    ``terminated`` when the action is EOS; ``truncated`` when ``max_new_tokens`` tokens were
-    generated without EOS. Stepping after the end, or before ``reset``, raises ``RuntimeError``.
+    ``terminated`` when the action is a stop token: the tokenizer's EOS, the ``eos_token_id``
+    entries (an int or a list) of the ``generation_config.json`` of a ``tokenizer`` directory,
+    ``stop_tokens`` and ``stop_token_ids`` (all of them: ``env.setup.stop_ids``, EOS first);
+    ``truncated`` when ``max_new_tokens`` tokens were generated without one. Stepping after the
+    end, or before ``reset``, raises ``RuntimeError``.
 
     ## Info
-    ``reset``: ``prompt`` (the prompt text as tokenized, after any truncation), ``prompt_length``
-    and ``prefix_length`` (tokens; the prefix follows the prompt in the observation). Final step:
-    ``prompt``, ``completion`` (text, EOS excluded, with ``prompt + completion == decode(all
-    tokens)``; it includes the prefix), ``finish_reason`` ("eos" | "length"), ``length``
-    (completion tokens, prefix and EOS included) and ``gold_reward`` when the task has a gold
-    reward model. With a process reward model, every step's info also has ``outcome_reward`` and
-    ``process_reward`` (floats; their sum is the reward).
+    ``reset``: ``prompt`` (the prompt text as tokenized, after any truncation; a chat prompt's
+    rendered text, special tokens included), ``messages`` (a chat prompt's message list only),
+    ``prompt_length`` and ``prefix_length`` (tokens; the prefix follows the prompt in the
+    observation). Final step: ``prompt``, ``messages`` (chat prompts), ``completion`` (text, the
+    stop token excluded, special tokens skipped, with ``prompt + completion == decode(all
+    tokens)`` for a plain prompt; it includes the prefix), ``finish_reason`` ("eos" for every
+    stop token | "length"), ``stop_token`` (the vocabulary's string of the stop token that ended
+    the episode; absent on "length"), ``length`` (completion tokens, prefix and stop token
+    included) and ``gold_reward`` when the task has a gold reward model. With a process reward
+    model, every step's info also has ``outcome_reward`` and ``process_reward`` (floats; their
+    sum is the reward).
 
     ## Arguments
     - ``task``: a registered task name ("sentiment" (default), "arithmetic",
       "arithmetic_chain", "jsonl") or a Task;
-      ``task_kwargs`` are passed to the task factory (e.g. ``{"max_operand": 9}``).
-    - ``tokenizer``: None (the task's), a tokenizer object, or a ``save_pretrained`` directory.
-    - ``reward_model``: None (the task's gold reward) or any ``load_reward_model`` spec.
+      ``task_kwargs`` are passed to the task factory (e.g. ``{"max_operand": 9}``). A ``jsonl``
+      file of TRL conversational rows (``{"prompt": [{"role": "user", "content": ...}]}``) gives
+      chat prompts, rendered with the tokenizer's chat template (it must have one).
+    - ``tokenizer``: None (the task's), a tokenizer object, or a ``save_pretrained`` directory
+      (its ``generation_config.json`` stop ids are read too). Pad may equal EOS or be absent.
+    - ``reward_model``: None (the task's gold reward) or any ``load_reward_model`` spec. A
+      plain function ``f(prompts, completions, **kw)`` is called as TRL calls it: for a chat
+      prompt, ``prompts`` holds message lists and ``completions``
+      ``[{"role": "assistant", "content": text}]``; for a plain one, strings. Reward models
+      with a ``score`` method get the text (a chat prompt's rendering).
     - ``gold_reward_model``: "task" (default: the task's gold reward, reported in ``info`` as
       ``gold_reward``), None, or a spec.
     - ``max_new_tokens``, ``max_prompt_tokens``: episode and prompt length limits (task defaults).
@@ -83,11 +103,20 @@ class TokenMDPEnv(gym.Env):
     - ``step_boundary``: a non-empty separator string (detected in the decoded text, so it need
       not be one token) or a predicate ``f(token_id) -> bool``; default: the task's separator.
     - ``process_reward_mode``: "step" (default) or "shaping".
+    - ``stop_tokens``: extra stop tokens, token strings of the vocabulary (or texts that are one
+      token) or ids; a string that is not one token, or an id outside the vocabulary, is an
+      error naming it.
+    - ``stop_token_ids``: extra stop ids, e.g. those of the agent's model's
+      ``generation_config.eos_token_id``.
+    - ``chat_template_kwargs``: options of every chat-template rendering (e.g.
+      ``{"enable_thinking": False}``).
 
-    ``reset(options={"prompt": text})`` uses ``text`` instead of drawing a prompt;
+    ``reset(options={"prompt": text})`` uses ``text`` (or a list of messages, rendered) instead
+    of drawing a prompt (a text that is one of the task's rendered chat prompts, as
+    ``env.setup.task.prompts(split)`` lists them, is that conversation);
     ``options={"prompt": text, "prefix": [ids]}`` also appends the token ids as if generated
     (branching from any state: they pay no reward and count toward ``max_new_tokens``; a prefix
-    must be shorter than ``max_new_tokens``, hold valid ids and no EOS).
+    must be shorter than ``max_new_tokens``, hold valid ids and no stop token).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 30}
@@ -107,6 +136,9 @@ class TokenMDPEnv(gym.Env):
         process_reward_model=None,
         step_boundary=None,
         process_reward_mode: str = "step",
+        stop_tokens: list[str | int] | None = None,
+        stop_token_ids: list[int] | None = None,
+        chat_template_kwargs: dict | None = None,
     ):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
@@ -114,6 +146,7 @@ class TokenMDPEnv(gym.Env):
             task, task_kwargs, tokenizer, reward_model, gold_reward_model,
             max_new_tokens, max_prompt_tokens, vocab_size, split,
             process_reward_model, step_boundary, process_reward_mode,
+            stop_tokens, stop_token_ids, chat_template_kwargs,
         )  # fmt: skip
         self.tokenizer = self.setup.tokenizer
         self.reward_model = self.setup.reward_model
@@ -134,18 +167,12 @@ class TokenMDPEnv(gym.Env):
                     "options['prefix'] needs options['prompt'] (the prompt it continues)"
                 )
             prompt = draw_prompt(self.np_random, self.setup.task.prompts(self.setup.split))
-        elif not isinstance(prompt, str):
-            raise TypeError(f"options['prompt'] must be a string, got {type(prompt).__name__}")
+        prompt = check_prompt(prompt, "options['prompt']")
         prefixes = None
         if prefix is not None:
-            prefixes = [check_prefix(prefix, self.setup, self._batch.eos_id, "options['prefix']")]
+            prefixes = [check_prefix(prefix, self.setup, "options['prefix']")]
         self._batch.start([0], [prompt], prefixes)
-        info = {
-            "prompt": self._batch.prompt_text[0],
-            "prompt_length": int(self._batch.prompt_len[0]),
-            "prefix_length": int(self._batch.num_new[0]),
-        }
-        return self._batch.observation(0), info
+        return self._batch.observation(0), self._batch.prompt_info(0)
 
     def step(self, action) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         batch = self._batch

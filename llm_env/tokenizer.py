@@ -3,14 +3,17 @@
 A task's tokenizer is a byte-pair-encoding model trained with the ``tokenizers`` library on the
 task's own corpus, with a Metaspace pre-tokenizer so decoding restores spaces exactly
 (``decode(encode(text)) == text`` for text made of known characters). Special tokens are
-``<pad>`` (id 0), ``<eos>`` (id 1) and ``<unk>`` (id 2): pad and EOS are distinct.
+``<pad>`` (id 0), ``<eos>`` (id 1) and ``<unk>`` (id 2): pad and EOS are distinct (a user's
+tokenizer may have pad = EOS, or no pad token: ``pad_id``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -59,16 +62,81 @@ def load_tokenizer(spec: str | Path | PreTrainedTokenizerBase) -> PreTrainedToke
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
-    """Fail early, naming what is missing, if the tokenizer cannot drive a token MDP."""
-    name = type(tokenizer).__name__
+    """Fail early, naming what is missing, if the tokenizer cannot drive a token MDP: it needs
+    an EOS token. A pad token is optional (``pad_id`` falls back to EOS)."""
     if tokenizer.eos_token_id is None:
         raise ValueError(
-            f"tokenizer {name} has no EOS token: the token MDP ends an episode on EOS; "
-            "set tokenizer.eos_token before building the environment"
+            f"tokenizer {type(tokenizer).__name__} has no EOS token: the token MDP ends an "
+            "episode on EOS; set tokenizer.eos_token before building the environment"
         )
-    if tokenizer.pad_token_id is None:
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads observations: the pad token's, or EOS's when the tokenizer has none
+    (padding is masked out, never compared with, so pad may equal EOS)."""
+    pad = tokenizer.pad_token_id
+    return tokenizer.eos_token_id if pad is None else pad
+
+
+def generation_config_stop_ids(directory: str | Path) -> list[int]:
+    """``eos_token_id`` (an int or a list) of ``directory/generation_config.json``; [] when the
+    file or the entry is absent. Read as plain JSON: no network, no config validation."""
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a JSON object ({e})") from None
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{path}: eos_token_id holds {v!r}, not an integer token id")
+    return values
+
+
+def _stop_id(tokenizer: PreTrainedTokenizerBase, vocab: dict[str, int], value, where: str) -> int:
+    """One stop token as an id: a token string of the vocabulary (or a text that is exactly one
+    token) or an id of the tokenizer; else a ValueError naming it and ``where`` it came from."""
+    n = len(tokenizer)
+    if isinstance(value, str):
+        if value in vocab:
+            return vocab[value]
+        ids = tokenizer(value, add_special_tokens=False)["input_ids"] if value else []
+        if len(ids) == 1:
+            return ids[0]
         raise ValueError(
-            f"tokenizer {name} has no pad token: observations are padded to a fixed length; "
-            "set tokenizer.pad_token (e.g. add a '<pad>' special token) before building the "
-            "environment"
+            f"{where}: {value!r} is not a single token of the tokenizer's vocabulary (it "
+            f"encodes to {len(ids)} tokens {ids}); give a token string or an id 0..{n - 1}"
         )
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: {value!r} is neither a token string nor an integer id")
+    if not 0 <= value < n:
+        raise ValueError(
+            f"{where}: token id {int(value)} is outside the tokenizer's vocabulary (ids 0..{n - 1})"
+        )
+    return int(value)
+
+
+def resolve_stop_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | Path | None = None,
+    stop_tokens: Sequence[str | int] | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """Every id that ends an episode, EOS first, then the others sorted: the tokenizer's EOS,
+    ``directory``'s ``generation_config.json`` ``eos_token_id`` entries (when the tokenizer was
+    loaded from a directory), ``stop_tokens`` (token strings or ids) and ``stop_token_ids``."""
+    sources = [("stop_tokens", stop_tokens), ("stop_token_ids", stop_token_ids)]
+    for where, values in sources:
+        if values is not None and (isinstance(values, (str, bytes)) or not np.iterable(values)):
+            raise TypeError(f"{where} must be a list, got {values!r}")
+    if any(isinstance(v, str) for v in stop_token_ids or ()):
+        raise TypeError(f"stop_token_ids must be integer ids, got {list(stop_token_ids)!r}")
+    if directory is not None:
+        where = f"{directory}/generation_config.json eos_token_id"
+        sources.insert(0, (where, generation_config_stop_ids(directory)))
+    vocab = tokenizer.get_vocab()
+    ids = {_stop_id(tokenizer, vocab, v, where) for where, vs in sources for v in vs or ()}
+    eos = tokenizer.eos_token_id
+    return (eos, *sorted(ids - {eos}))

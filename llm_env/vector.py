@@ -16,6 +16,7 @@ from llm_env.core import (
     as_token_ids,
     check_positive_int,
     check_prefix,
+    check_prompt,
     draw_prompt,
     observation_space,
     resolve_setup,
@@ -51,7 +52,8 @@ class TokenMDPVectorEnv(VectorEnv):
       ``reset(options={"reset_mask": mask})`` for some. ``active`` says which still run; stepping
       when none does raises.
 
-    ``reset(options={"prompts": [...]})`` takes one prompt per (reset) sequence;
+    ``reset(options={"prompts": [...]})`` takes one prompt per (reset) sequence (a string or a
+    list of messages);
     ``options={"prompts": [...], "prefixes": [[ids], ...]}`` also starts each from a partial
     completion (as ``TokenMDPEnv``'s ``prefix``; ``info["prefix_length"]`` gives its length).
     Infos follow Gymnasium's vector convention: ``info[key]`` is an array, ``info["_" + key]``
@@ -81,6 +83,9 @@ class TokenMDPVectorEnv(VectorEnv):
         process_reward_model=None,
         step_boundary=None,
         process_reward_mode: str = "step",
+        stop_tokens: list[str | int] | None = None,
+        stop_token_ids: list[int] | None = None,
+        chat_template_kwargs: dict | None = None,
     ):
         check_positive_int("num_envs", num_envs)
         if isinstance(autoreset_mode, str):
@@ -96,6 +101,7 @@ class TokenMDPVectorEnv(VectorEnv):
             task, task_kwargs, tokenizer, reward_model, gold_reward_model,
             max_new_tokens, max_prompt_tokens, vocab_size, split,
             process_reward_model, step_boundary, process_reward_mode,
+            stop_tokens, stop_token_ids, chat_template_kwargs,
         )  # fmt: skip
         self.tokenizer = self.setup.tokenizer
         self.reward_model = self.setup.reward_model
@@ -121,28 +127,23 @@ class TokenMDPVectorEnv(VectorEnv):
         """The token state (read-only use: prompt lengths, completion ids)."""
         return self._batch
 
-    def _start(
-        self, index: np.ndarray, prompts: list[str] | None, infos: dict, prefixes=None
-    ) -> dict:
+    def _start(self, index: np.ndarray, prompts: list | None, infos: dict, prefixes=None) -> dict:
         if prompts is None:
             if prefixes is not None:
                 raise ValueError("options['prefixes'] needs options['prompts'] (one per prefix)")
             pool = self.setup.task.prompts(self.setup.split)
             prompts = [draw_prompt(self._rngs[i], pool) for i in index]
-        elif len(prompts) != len(index) or not all(isinstance(p, str) for p in prompts):
+        elif isinstance(prompts, (str, bytes)) or len(prompts) != len(index):
             raise ValueError(
-                f"options['prompts'] must be {len(index)} strings (one per reset sequence), "
-                f"got {prompts!r}"
+                f"options['prompts'] must be {len(index)} prompts (one per reset sequence: a "
+                f"string or a list of messages), got {prompts!r}"
             )
+        else:
+            prompts = [check_prompt(p, f"options['prompts'][{k}]") for k, p in enumerate(prompts)]
         self._batch.start(list(index), list(prompts), self._check_prefixes(prefixes, prompts))
         self._needs_reset[index] = False
         for i in index:
-            info = {
-                "prompt": self._batch.prompt_text[i],
-                "prompt_length": int(self._batch.prompt_len[i]),
-                "prefix_length": int(self._batch.num_new[i]),
-            }
-            infos = self._add_info(infos, info, int(i))
+            infos = self._add_info(infos, self._batch.prompt_info(int(i)), int(i))
         return infos
 
     def _check_prefixes(self, prefixes, prompts: list[str]) -> list[np.ndarray] | None:
@@ -154,10 +155,8 @@ class TokenMDPVectorEnv(VectorEnv):
                 f"options['prompts'] has {len(prompts)} prompts but options['prefixes'] has "
                 f"{len(prefixes)} entries: give one prefix (a list of token ids) per prompt"
             )
-        eos = self._batch.eos_id
         return [
-            check_prefix(p, self.setup, eos, f"options['prefixes'][{k}]")
-            for k, p in enumerate(prefixes)
+            check_prefix(p, self.setup, f"options['prefixes'][{k}]") for k, p in enumerate(prefixes)
         ]
 
     def reset(

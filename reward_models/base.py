@@ -19,6 +19,8 @@ reward model has the same protocol, called with the completions so far (the env'
 - an object that already has a ``score`` method (returned as is),
 - or a plain function with TRL's reward-function signature, ``f(prompts, completions, **kwargs)
   -> list[float]`` (``def f(completions, **kwargs)`` too), wrapped in ``FunctionRewardModel``.
+  For a conversational prompt it is called as TRL calls it: the prompt's message list and the
+  completion as ``[{"role": "assistant", "content": text}]`` (``checked_score``'s ``messages``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ def _real(dtype: np.dtype) -> bool:
 class FunctionRewardModel:
     """Wraps a plain function as a reward model, called the way TRL calls reward functions:
     ``f(prompts=..., completions=...)`` when it takes those names or ``**kwargs`` (so TRL's
-    ``def reward(completions, **kwargs)`` works as is), else ``f(prompts, completions)``."""
+    ``def reward(completions, **kwargs)`` works as is), else ``f(prompts, completions)``.
+
+    As TRL does for a conversational dataset, a prompt that came from a message list is passed
+    as that list and its completion as ``[{"role": "assistant", "content": text}]``
+    (``messages``, parallel to the prompts: the message list of each, None for a plain one)."""
 
     def __init__(self, fn: Callable[..., Sequence[float]], name: str | None = None):
         self.fn = fn
@@ -69,11 +75,24 @@ class FunctionRewardModel:
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
         )
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        messages: Sequence[list[dict[str, str]] | None] | None = None,
+    ) -> np.ndarray:
         """float32 scores; anything but real numbers is returned as is, for ``checked_score``
         to reject (a cast would turn ``"1.5"`` into 1.5)."""
+        prompts, completions = list(prompts), list(completions)
+        if messages is not None:
+            from llm_env.chat import as_assistant  # the env is loaded: it passed the messages
+
+            prompts = [p if m is None else m for p, m in zip(prompts, messages)]
+            completions = [
+                c if m is None else as_assistant(c) for c, m in zip(completions, messages)
+            ]
         if self.by_keyword:
-            out = self.fn(prompts=list(prompts), completions=list(completions))
+            out = self.fn(prompts=prompts, completions=completions)
         else:
             out = self.fn(prompts, completions)
         scores = np.asarray(out)
@@ -88,9 +107,16 @@ def reward_model_name(model: object) -> str:
 
 
 def checked_score(
-    model: RewardModel, prompts: Sequence[str], completions: Sequence[str]
+    model: RewardModel,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    messages: Sequence[list[dict[str, str]] | None] | None = None,
 ) -> np.ndarray:
     """``model.score(...)`` validated: float32, shape ``[len(prompts)]``, every value finite.
+
+    ``messages``: the message list each prompt was rendered from (None for a plain prompt). A
+    plain function (``FunctionRewardModel``) gets them as TRL passes conversations; any other
+    reward model scores the text.
 
     Whatever goes wrong — the model raises, or returns non-numbers, a wrong shape, NaN/inf — is
     a ``RewardModelError`` naming the model (an exception it raised is the ``__cause__``).
@@ -98,8 +124,11 @@ def checked_score(
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     name = reward_model_name(model)
+    if messages is not None and len(messages) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(messages)} message lists")
+    extra = {"messages": messages} if isinstance(model, FunctionRewardModel) and messages else {}
     try:
-        raw = model.score(list(prompts), list(completions))
+        raw = model.score(list(prompts), list(completions), **extra)
     except Exception as e:
         raise RewardModelError(f"reward model {name!r} raised {type(e).__name__}: {e}") from e
     try:

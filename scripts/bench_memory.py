@@ -33,6 +33,7 @@ from agents.common.lora import BaseWeightsReference, LoraOptions
 from agents.common.policy import set_num_threads
 from agents.dpo import DPO, DPOConfig
 from agents.ppo import PPO, PPOConfig
+from agents.presets import tiny_model_config
 from agents.reinforce import Reinforce, ReinforceConfig
 from llm_env.tasks import make_task
 from scripts.options import parse_args_with_smoke
@@ -88,8 +89,9 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict:
     if agent_name == "dpo":
         prompts = task.prompts("train")[:64]
         pairs = [(p, " a lovely, warm film", " a dull and tiring mess") for p in prompts]
-        config = DPOConfig(
-            batch_size=4, max_steps=args.iterations, eval_prompts=0, max_length=32,
+        config = tiny_model_config(
+            "dpo", DPOConfig, batch_size=4, max_steps=args.iterations, eval_prompts=0,
+            max_length=32,
             log_every=1, save_every=1000, **common,
         )  # fmt: skip
         agent = DPO(policy, tokenizer, pairs, config, run_dir)
@@ -98,12 +100,14 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict:
         trainable = [agent.policy]
     else:
         if agent_name == "ppo":
-            config = PPOConfig(batch_size=8, minibatch_size=4, epochs=2, **online, **common)
+            config = tiny_model_config("ppo", PPOConfig, batch_size=8, minibatch_size=4,
+                                       epochs=2, **online, **common)  # fmt: skip
             agent = PPO(policy, tokenizer, env, config, run_dir)
             models = [agent.policy, agent.ref, agent.critic]
             trainable = [agent.policy, agent.critic]
         else:
-            config = ReinforceConfig(batch_size=2, k=4, minibatch_size=8, **online, **common)
+            config = tiny_model_config("reinforce", ReinforceConfig, batch_size=2, k=4,
+                                       minibatch_size=8, **online, **common)  # fmt: skip
             agent = Reinforce(policy, tokenizer, env, config, run_dir)
             models, trainable = [agent.policy, agent.ref], [agent.policy]
         agent.learn(total_prompts=config.batch_size * args.iterations)

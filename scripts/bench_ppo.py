@@ -25,6 +25,7 @@ from agents.common.policy import completion_logits, set_num_threads
 from agents.common.precision import autocast
 from agents.common.rollout import left_pad_prompts, rollout
 from agents.ppo import PPO, PPOConfig
+from agents.presets import tiny_model_config
 from llm_env.tasks import make_task
 from scripts.options import parse_args_with_smoke
 
@@ -65,9 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     task = make_task(args.task)
     tokenizer = task.tokenizer()
     policy = llm_env.tiny_gpt2(tokenizer)
-    config = PPOConfig(
-        batch_size=args.batch_size, minibatch_size=args.minibatch_size, epochs=args.epochs,
-        precision=args.precision, save_every=0, log_every=1,
+    config = tiny_model_config(
+        "ppo", PPOConfig, batch_size=args.batch_size, minibatch_size=args.minibatch_size,
+        epochs=args.epochs, precision=args.precision, save_every=0, log_every=1,
     )  # fmt: skip
     agent = PPO(policy, tokenizer, {"task": args.task}, config, run_dir="/tmp/bench_ppo")
     env = agent.env

@@ -1,6 +1,6 @@
 """Command-line helpers the scripts share: checks that make bad options fail before any work
 (JSON-valued options, output locations that cannot be written, config values out of range) and
-the benchmarks' ``--smoke``."""
+the benchmarks' ``--smoke``, and the tiny-model defaults of a run without ``--policy``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,16 @@ def parse_args_with_smoke(
         parser.set_defaults(**smoke)
         args = parser.parse_args(argv)
     return args
+
+
+def reparse_with_defaults(
+    parser: argparse.ArgumentParser, argv: list[str] | None, options: dict[str, Any]
+) -> argparse.Namespace:
+    """Parse ``argv`` again with ``options`` (flat config options such as
+    ``agents.presets.TINY_MODEL_OPTIONS[agent]``) as the defaults of their command-line
+    options; options given explicitly still win."""
+    parser.set_defaults(**{"cfg:" + key: value for key, value in options.items()})
+    return parser.parse_args(argv)
 
 
 def config_from_args(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace) -> Any:

@@ -30,7 +30,9 @@ changed. The stages:
 A user's own task is the ``jsonl`` task with a corpus: the corpus trains the tokenizer and the
 policy, the gold reward labels the pairs and grades the study; the built-in tasks are presets
 (``TaskPreset``) of the same path. The run prints an estimate of its time first, from measured
-per-stage rates (``Budget.seconds``) and the stages its keys say will run.
+per-stage rates (``Budget.seconds``) and the stages its keys say will run. Every agent trains
+the study's tiny GPT-2s with the tiny-model settings of ``agents.presets`` (the agents' own
+defaults are a pretrained checkpoint's).
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ class TaskPreset:
     samples_per_prompt: int = 1
     """Held-out samples per prompt; > 1 reports pass@k with k = this."""
     ppo: dict = field(default_factory=dict)
-    """PPO options other than PPOConfig's defaults, flat (``"lam"``, ``"optim.learning_rate"``)."""
+    """PPO options on top of the tiny-model settings (``agents.presets``), flat (``"lam"``,
+    ``"optim.learning_rate"``)."""
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
     """The β sweep every method runs at (empty: each method's default β, one run). β = 1 puts
     points at small KL, where best-of-n is the curve to beat; RL runs are ~80% of the study's
@@ -529,18 +532,20 @@ class Pipeline:
     def train_sft(self, name: str = "pretrain", seed_offset: int = 0, steps: int = 0) -> dict:
         """Pre-train a tiny GPT-2 on the task corpus: the SFT policy, or (another seed, fewer
         steps) the fluency judge."""
+        from agents.presets import tiny_model_config
         from agents.sft import SFTConfig, pretrain_on_task
 
         run_dir = self.agents_dir / f"sft-{name}"
         out = self.judge_dir if name == "judge" else self.sft_dir
-        config = SFTConfig(
+        config = tiny_model_config(
+            "sft", SFTConfig,
             seed=self.config.seed + seed_offset,
             max_steps=steps or self.preset.sft_steps or self.budget.sft_steps,
             epochs=self.preset.sft_epochs,
             batch_size=self.budget.sft_batch,
             precision=self.config.precision,
             resume=True,
-        )
+        )  # fmt: skip
         with measured(run_dir):
             pretrain_on_task(
                 self.config.task, self.task_kwargs, out, config, run_dir, self.budget.model
@@ -563,12 +568,14 @@ class Pipeline:
         return {"pairs": str(self.pairs)}
 
     def train_reward_model(self) -> dict:
+        from agents.presets import tiny_model_config
         from agents.reward_model import RewardModelConfig, RewardModelTrainer
 
         run_dir = self.agents_dir / "rm-bradley_terry"
-        config = RewardModelConfig(
-            seed=self.config.seed, epochs=self.budget.rm_epochs, precision=self.config.precision
-        )
+        config = tiny_model_config(
+            "reward_model", RewardModelConfig,
+            seed=self.config.seed, epochs=self.budget.rm_epochs, precision=self.config.precision,
+        )  # fmt: skip
         with measured(run_dir):
             trainer = RewardModelTrainer(str(self.sft_dir), str(self.pairs), config, run_dir)
             trainer.learn()
@@ -602,8 +609,10 @@ class Pipeline:
         with measured(run_dir):
             if agent == "dpo":
                 from agents.dpo import DPO, DPOConfig
+                from agents.presets import tiny_model_config
 
-                config = DPOConfig(
+                config = tiny_model_config(
+                    "dpo", DPOConfig,
                     epochs=self.budget.dpo_epochs, eval_every=self.budget.dpo_eval_every,
                     eval_prompts=self.budget.dpo_eval_prompts, **common,
                     **({"beta": beta} if beta is not None else {}),
@@ -618,6 +627,7 @@ class Pipeline:
     def online_agent(self, agent: str, beta: float | None, common: dict, run_dir: Path):
         from agents.grpo import GRPO, GRPOConfig
         from agents.ppo import PPO, PPOConfig
+        from agents.presets import TINY_MODEL_OPTIONS
         from agents.reinforce import Reinforce, ReinforceConfig
         from llm_env.tasks import make_task
 
@@ -626,7 +636,8 @@ class Pipeline:
         env_kwargs = self.env_kwargs(reward_model=gold if verifier else str(self.rm_dir))
         agent_cls, config_cls = {"reinforce": (Reinforce, ReinforceConfig),
                                  "grpo": (GRPO, GRPOConfig)}.get(agent, (PPO, PPOConfig))  # fmt: skip
-        options = {"total_prompts": self.budget.rl_prompts, "batch_size": self.budget.rl_batch,
+        options = {**TINY_MODEL_OPTIONS[agent_cls.agent_name],
+                   "total_prompts": self.budget.rl_prompts, "batch_size": self.budget.rl_batch,
                    **common, **(self.preset.ppo if agent.startswith("ppo") else {})}  # fmt: skip
         if beta is not None:
             options["kl.beta"] = beta

@@ -17,8 +17,14 @@ from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
 from agents.ppo import PPO, PPOConfig
+from agents.presets import TINY_MODEL_OPTIONS
 from llm_env.process import PROCESS_REWARD_MODES
-from scripts.options import config_from_args, json_object, require_writable
+from scripts.options import (
+    config_from_args,
+    json_object,
+    reparse_with_defaults,
+    require_writable,
+)
 
 
 def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentParser:
@@ -29,7 +35,9 @@ def build_parser(config_cls: type, prog: str, doc: str) -> argparse.ArgumentPars
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument(
         "--policy", help="save_pretrained directory of the initial policy (default: a fresh, "
-        "untrained tiny GPT-2 for the task's tokenizer — for smoke tests only)",
+        "untrained tiny GPT-2 for the task's tokenizer — for smoke tests only — trained with the "
+        "tiny-model settings of agents.presets, e.g. a higher --learning-rate, in place of the "
+        "pretrained-checkpoint defaults below, unless given)",
     )  # fmt: skip
     io.add_argument("--tokenizer", help="tokenizer directory (default: the policy's)")
     io.add_argument(
@@ -75,6 +83,8 @@ def run(agent_cls: type, config_cls: type, argv: list[str] | None, doc: str) -> 
     """Parse ``argv``, build the agent, train it, save it."""
     parser = build_parser(config_cls, f"tokenmdp {agent_cls.agent_name}", doc)
     args = parser.parse_args(argv)
+    if args.policy is None:  # a fresh tiny GPT-2: the tiny models' settings
+        args = reparse_with_defaults(parser, argv, TINY_MODEL_OPTIONS[agent_cls.agent_name])
     run_dir = args.run_dir or run_dir_for(
         args.runs_root, args.task, agent_cls.agent_name, args.name
     )

@@ -22,7 +22,8 @@ budget (completions trained on: one per prompt for PPO, G per prompt for GRPO, w
 Every few iterations each policy is evaluated on the task's held-out prompts (the same samples'
 random stream for all): pass@1 (one sample per prompt at temperature 1; the fraction whose final
 answer is right) and the k1 KL to the SFT policy per completion. The SFT, PRM and DPO stages are
-shared by the seeds; ``--quick`` runs a miniature study (a smoke test, well under a minute).
+shared by the seeds and train with the tiny-model settings of ``agents.presets`` (the RL runs
+take ``--learning-rate``); ``--quick`` runs a miniature study (a smoke test, well under a minute).
 """
 
 from __future__ import annotations
@@ -213,10 +214,12 @@ class Study:
         print(f"== process-study: {text}", flush=True)
 
     def train_sft(self) -> Path:
+        from agents.presets import tiny_model_config
         from agents.sft import SFTConfig, pretrain_on_task
 
-        config = SFTConfig(seed=self.seed, max_steps=self.budget.sft_steps, batch_size=32,
-                           epochs=100.0, heldout_fraction=0.0, log_every=0, save_every=0)  # fmt: skip
+        config = tiny_model_config("sft", SFTConfig, seed=self.seed,
+                                   max_steps=self.budget.sft_steps, batch_size=32, epochs=100.0,
+                                   heldout_fraction=0.0, log_every=0, save_every=0)  # fmt: skip
         path = self.models / "sft"
         pretrain_on_task(
             TASK, self.chain["task_kwargs"], path, config, self.runs / "sft", self.budget.model
@@ -224,6 +227,7 @@ class Study:
         return path
 
     def train_prm(self, sft: Path) -> Path:
+        from agents.presets import tiny_model_config
         from agents.prm import PRMConfig, PRMTrainer
         from agents.process_labels import StepLabelConfig, sample_step_data, write_step_data
 
@@ -232,7 +236,8 @@ class Study:
                                  samples_per_prompt=b.prm_samples, labels=self.config.prm_labels)  # fmt: skip
         rows = sample_step_data(sft, None, self.chain, labels)
         write_step_data(rows, self.out / "data" / "steps.jsonl", labels)
-        config = PRMConfig(seed=self.seed, epochs=b.prm_epochs, log_every=0, save_every=0)
+        config = tiny_model_config("prm", PRMConfig, seed=self.seed, epochs=b.prm_epochs,
+                                   log_every=0, save_every=0)  # fmt: skip
         trainer = PRMTrainer(sft, rows, config, self.runs / "prm")
         last = trainer.learn()[-1]
         self.results["prm"] = {
@@ -248,6 +253,7 @@ class Study:
         PRM's spec."""
         from agents.dpo import DPO, DPOConfig
         from agents.preferences import PreferenceConfig, sample_preferences
+        from agents.presets import tiny_model_config
 
         b = self.budget
         prefs = PreferenceConfig(
@@ -262,8 +268,9 @@ class Study:
             self.log("no pair of SFT samples with different outcomes: DPO on all the pairs")
         text = "".join(json.dumps(r) + "\n" for r in strict or rows)
         (self.out / "data" / "pairs_strict.jsonl").write_text(text)
-        config = DPOConfig(seed=self.seed, beta=self.config.dpo_beta, epochs=b.dpo_epochs,
-                           eval_prompts=0, log_every=0, save_every=0, max_length=32)  # fmt: skip
+        config = tiny_model_config("dpo", DPOConfig, seed=self.seed, beta=self.config.dpo_beta,
+                                   epochs=b.dpo_epochs, eval_prompts=0, log_every=0, save_every=0,
+                                   max_length=32)  # fmt: skip
         dpo = DPO(sft, None, self.out / "data" / "pairs_strict.jsonl", config, self.runs / "dpo")
         dpo.learn()
         path = dpo.save(self.models / "dpo")

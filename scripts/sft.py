@@ -13,8 +13,14 @@ from agents.common.config import add_dataclass_args
 from agents.common.distributed import print_on_main
 from agents.common.logging import run_dir_for
 from agents.common.policy import set_num_threads
+from agents.presets import TINY_MODEL_OPTIONS
 from agents.sft import SFT, SFTConfig, pretrain_on_task
-from scripts.options import config_from_args, json_object, require_writable
+from scripts.options import (
+    config_from_args,
+    json_object,
+    reparse_with_defaults,
+    require_writable,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--tokenizer", help="tokenizer directory (default: the policy's)")
     io.add_argument("--data", help='JSONL file of {"prompt", "completion"} rows')
     io.add_argument(
-        "--task", help="pre-train a fresh tiny GPT-2 on this built-in task's corpus instead"
-    )
+        "--task", help="pre-train a fresh tiny GPT-2 on this built-in task's corpus instead, "
+        "with the tiny-model settings of agents.presets (e.g. a higher --learning-rate) in place "
+        "of the pretrained-checkpoint defaults below, unless given",
+    )  # fmt: skip
     io.add_argument(
         "--task-kwargs", type=json_object, default="{}", help="task options as JSON (default: {})"
     )
@@ -47,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.task is not None:  # a fresh tiny GPT-2: the tiny models' settings
+        args = reparse_with_defaults(parser, argv, TINY_MODEL_OPTIONS["sft"])
     set_num_threads()
     config = config_from_args(parser, SFTConfig, args)
     if (args.task is None) == (args.policy is None):

@@ -59,6 +59,16 @@ def _guard_create_connection(create_connection):
     return guarded
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests are skipped, saying why, where no CUDA GPU is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_network():
     with pytest.MonkeyPatch.context() as patch:

@@ -26,6 +26,7 @@ from agents.common.lora import LoraOptions
 from agents.common.policy import set_num_threads
 from agents.dpo import DPO, DPOConfig
 from agents.ppo import PPO, PPOConfig
+from agents.presets import tiny_model_config
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
 from agents.sft import SFT, SFTConfig
@@ -123,14 +124,17 @@ def first(out: Path) -> None:
 
     sft = SFT(
         tiny_policy(tokenizer), tokenizer, list(task.demonstrations),
-        SFTConfig(batch_size=16, max_steps=3, log_every=1), run_dir=out / "sft" / "run",
+        tiny_model_config("sft", SFTConfig, batch_size=16, max_steps=3, log_every=1),
+        run_dir=out / "sft" / "run",
     )  # fmt: skip
     sft.learn()
     init = sft.save(out / "sft" / "final")
     dump(sft.policy, out / "sft" / "policy")
 
     rm = RewardModelTrainer(
-        init, pairs(task), RewardModelConfig(batch_size=16, max_steps=3, log_every=1),
+        init, pairs(task),
+        tiny_model_config("reward_model", RewardModelConfig, batch_size=16, max_steps=3,
+                          log_every=1),
         run_dir=out / "rm" / "run",
     )  # fmt: skip
     rm.learn()
@@ -140,7 +144,8 @@ def first(out: Path) -> None:
 
     reinforce = Reinforce(
         tiny_policy(tokenizer), tokenizer, ENV,
-        ReinforceConfig(batch_size=4, k=2, total_prompts=8, whiten=True, save_every=0, log_every=1),
+        tiny_model_config("reinforce", ReinforceConfig, batch_size=4, k=2, total_prompts=8,
+                          whiten=True, save_every=0, log_every=1),
         run_dir=out / "reinforce" / "run",
     )  # fmt: skip
     reinforce.learn()

@@ -349,7 +349,7 @@ def test_build_config_keeps_an_agents_own_group_defaults():
 
     config = build_config(GRPOConfig, {"kl.beta": 0.3, "batch_size": 8})
     assert (config.kl.beta, config.kl.kl_estimator, config.batch_size) == (0.3, "k3", 8)
-    assert config.optim.learning_rate == GRPOConfig().optim.learning_rate == 1e-4
+    assert config.optim.learning_rate == GRPOConfig().optim.learning_rate == 1e-6
     ppo = build_config(PPOConfig, {"lam": 1.0, "optim.learning_rate": 5e-5,
                                    "optim.warmup_steps": 5})  # fmt: skip
     assert (ppo.lam, ppo.optim.learning_rate, ppo.optim.warmup_steps) == (1.0, 5e-5, 5)

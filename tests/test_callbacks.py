@@ -13,6 +13,7 @@ import llm_env
 from agents.common.checkpoint import load_checkpoint_state
 from agents.common.config import OptimConfig
 from agents.ppo import PPO, PPOConfig
+from agents.presets import tiny_model_config
 from agents.sft import SFT, SFTConfig
 from scripts.report import read_scalars
 
@@ -90,7 +91,8 @@ def test_a_plain_function_stops_offline_training(arithmetic_task, arithmetic_tok
         calls.append(locals_["stats"]["loss/total"])
         return len(calls) < 2
 
-    config = SFTConfig(batch_size=16, epochs=1.0, log_every=1, save_every=100)
+    config = tiny_model_config("sft", SFTConfig, batch_size=16, epochs=1.0, log_every=1,
+                               save_every=100)  # fmt: skip
     sft = SFT(
         tiny(arithmetic_tokenizer), arithmetic_tokenizer, list(arithmetic_task.demonstrations),
         config, run_dir=tmp_path / "sft",

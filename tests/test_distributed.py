@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from agents.common.advantages import whiten
 from agents.common.distributed import Distributed
 from tests import distributed_driver as driver
+from tests.tiny_options import tiny_model_argv
 
 DRIVER = Path(driver.__file__)
 AGENTS = {
@@ -74,7 +75,7 @@ def test_the_dpo_script_runs_unchanged_under_accelerate_launch(two_process_run):
     launch(
         DRIVER.parents[1] / "scripts" / "dpo.py", "--policy", str(two_process_run / "sft" / "final"),
         "--pairs", str(pairs), "--task", "none", "--run-dir", str(run), "--max-steps", "3",
-        "--batch-size", "8", "--log-every", "1",
+        "--batch-size", "8", "--log-every", "1", *tiny_model_argv("dpo"),
     )  # fmt: skip
     lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert [line["examples"] for line in lines] == [8, 16, 24]

@@ -15,6 +15,7 @@ from agents.common.config import OptimConfig
 from agents.common.policy import load_policy
 from agents.common.run import METRICS_FILE, TrainingStopped
 from agents.dpo import DPO, DPOConfig, dpo_loss
+from agents.presets import tiny_model_config
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
 from scripts.report import read_scalars
@@ -155,9 +156,10 @@ def test_evaluation_through_env_logs_gold_and_kl_and_saves_final(
 ):
     rows = [{"prompt": f"{a}+1=", "chosen": str(a + 1), "rejected": "0"} for a in range(1, 9)]
     pairs = write_pairs(tmp_path / "pairs.jsonl", rows)
-    config = DPOConfig(
-        batch_size=4, epochs=2.0, log_every=1, eval_every=2, eval_prompts=6, eval_num_envs=4
-    )
+    config = tiny_model_config(
+        "dpo", DPOConfig, batch_size=4, epochs=2.0, log_every=1, eval_every=2, eval_prompts=6,
+        eval_num_envs=4,
+    )  # fmt: skip
     env_kwargs = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
     dpo = DPO(tiny_policy, arithmetic_tokenizer, pairs, config, tmp_path / "run", env_kwargs)
     history = dpo.learn()
@@ -180,7 +182,9 @@ def test_evaluation_through_env_logs_gold_and_kl_and_saves_final(
 
 def test_resume_reproduces_an_uninterrupted_run(arithmetic_tokenizer, tmp_path):
     rows = [(f"{a}+{b}=", str(a + b), str(a + b + 1)) for a in range(1, 5) for b in range(1, 5)]
-    config = DPOConfig(batch_size=4, epochs=2.0, log_every=2, save_every=3, eval_prompts=0)
+    config = tiny_model_config(
+        "dpo", DPOConfig, batch_size=4, epochs=2.0, log_every=2, save_every=3, eval_prompts=0
+    )
 
     def make(run, resume=False):
         model = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32)
@@ -234,7 +238,9 @@ def test_bad_input(tiny_policy, arithmetic_tokenizer, tmp_path):
 
 def test_nan_loss_stops_with_clear_message(tiny_policy, arithmetic_tokenizer, tmp_path):
     rows = [(f"{a}+1=", str(a + 1), "0") for a in range(1, 9)]
-    config = DPOConfig(batch_size=2, epochs=1.0, save_every=2, eval_prompts=0, log_every=1)
+    config = tiny_model_config(
+        "dpo", DPOConfig, batch_size=2, epochs=1.0, save_every=2, eval_prompts=0, log_every=1
+    )
     dpo = DPO(tiny_policy, arithmetic_tokenizer, rows, config, tmp_path / "run")
     dpo.ref_chosen_logps = None
     original = dpo.reference_logps

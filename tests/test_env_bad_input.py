@@ -48,9 +48,11 @@ def test_tokenizer_without_pad_or_eos(arithmetic_tokenizer):
     import copy
 
     no_pad = copy.deepcopy(arithmetic_tokenizer)
-    no_pad.pad_token = None
-    with pytest.raises(ValueError, match="no pad token"):
-        TokenMDPEnv(**ARITH, tokenizer=no_pad)
+    no_pad.pad_token = None  # no pad token: observations are padded with EOS, masks say where
+    env = TokenMDPEnv(**ARITH, tokenizer=no_pad)
+    obs, _ = env.reset(seed=0)
+    assert env.unwrapped.setup.pad_id == no_pad.eos_token_id
+    assert (obs["input_ids"][obs["attention_mask"] == 0] == no_pad.eos_token_id).all()
     no_eos = copy.deepcopy(arithmetic_tokenizer)
     no_eos.eos_token = None
     with pytest.raises(ValueError, match="no EOS token"):

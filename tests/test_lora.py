@@ -296,3 +296,55 @@ def test_bad_lora_options(arithmetic_tokenizer):
     adapted = with_lora(policy, LoraOptions(r=2, target_modules="c_attn"))
     names = [n for n, p in adapted.named_parameters() if p.requires_grad]
     assert names and all(".attn.c_attn.lora_" in n for n in names)
+
+
+# -- all-linear on every architecture ------------------------------------------------------------
+
+LLAMA_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+
+
+def adapted_layers(model) -> set[str]:
+    """Full names (in the transformers model) of the layers carrying a LoRA adapter."""
+    return {n.rsplit(".lora_A", 1)[0] for n, _ in unwrap(model).named_modules() if
+            n.endswith(".lora_A")}  # fmt: skip
+
+
+def test_all_linear_adapts_every_projection_of_a_llama_and_its_reference_is_the_base(
+    pretrained_llama,
+):
+    base = AutoModelForCausalLM.from_pretrained(pretrained_llama).eval()
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+    policy = with_lora(AutoModelForCausalLM.from_pretrained(pretrained_llama), LoraOptions(r=4))
+    layers = range(base.config.num_hidden_layers)
+    want = {f"model.layers.{i}.{p}" for i in layers for p in LLAMA_PROJECTIONS}
+    assert adapted_layers(policy) == want  # the tied head (lm_head) is left alone
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # the adapters now change the policy's output
+        assert not torch.equal(policy(input_ids=ids).logits, expected)
+        reference = BaseWeightsReference(policy)
+        assert torch.equal(reference(ids).logits, expected)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "mistral"])
+def test_all_linear_finds_the_projections_of_other_architectures(architecture, tmp_path):
+    from tests.pretrained import build_pretrained
+
+    path = build_pretrained(tmp_path, architecture)
+    policy = with_lora(AutoModelForCausalLM.from_pretrained(path), LoraOptions(r=2))
+    want = {f"model.layers.{i}.{p}" for i in range(2) for p in LLAMA_PROJECTIONS}
+    assert adapted_layers(policy) == want
+
+
+def test_all_linear_on_gpt2_takes_its_conv1d_layers_and_never_the_tied_head(arithmetic_tokenizer):
+    policy = with_lora(tiny(arithmetic_tokenizer), LoraOptions(r=2))
+    want = {f"transformer.h.0.{p}" for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                             "mlp.c_proj")}  # fmt: skip
+    assert adapted_layers(policy) == want
+    untied = llm_env.models.causal_lm("gpt2", arithmetic_tokenizer, hidden_size=16, num_layers=1,
+                                      num_heads=2, tie_word_embeddings=False)  # fmt: skip
+    assert "lm_head" not in adapted_layers(with_lora(untied, LoraOptions(r=2)))

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from agents.common.config import OptimConfig
 from agents.common.kl import KLConfig
 from agents.ppo import PPO, PPOConfig
+from agents.presets import TINY_MODEL_OPTIONS
 from agents.reinforce import Reinforce, ReinforceConfig
 from scripts import ppo as ppo_script
 from scripts import reinforce as reinforce_script
@@ -69,7 +70,10 @@ def test_cli_trains_and_saves(script, tmp_path, capsys):
     script.main(args)
     agent = "ppo" if script is ppo_script else "reinforce"
     run = tmp_path / "arithmetic" / f"{agent}-cli"
-    assert json.loads((run / "config.json").read_text())["total_prompts"] == 16
+    config = json.loads((run / "config.json").read_text())
+    assert config["total_prompts"] == 16
+    # no --policy: a fresh tiny GPT-2, trained with the tiny-model settings
+    assert config["optim"]["learning_rate"] == TINY_MODEL_OPTIONS[agent]["optim.learning_rate"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["examples"] for m in lines] == [8, 16]
     assert AutoModelForCausalLM.from_pretrained(run / "final").config.vocab_size > 0

@@ -15,6 +15,7 @@ import torch
 
 import llm_env
 from agents.common.policy import SamplingConfig
+from agents.presets import tiny_model_config
 from agents.prm import PRMConfig, PRMTrainer, load_step_data, prm_loss
 from agents.process_labels import gold_step_labels, rollout_step_labels
 from llm_env import TokenMDPEnv, TokenMDPVectorEnv
@@ -171,7 +172,8 @@ def test_a_saved_prm_is_a_process_reward_model_of_the_env(chain_tokenizer, tmp_p
     chain_tokenizer.save_pretrained(policy_dir)
     rows = [{"prompt": PROMPT, "completions": ["6+7=13", "13+9=22"], "labels": [True, True]},
             {"prompt": PROMPT, "completions": ["6+7=14", "14+9=23"], "labels": [False, True]}]  # fmt: skip
-    config = PRMConfig(batch_size=2, max_steps=2, heldout_fraction=0.0, aggregate="min")
+    config = tiny_model_config("prm", PRMConfig, batch_size=2, max_steps=2, heldout_fraction=0.0,
+                               aggregate="min")  # fmt: skip
     trainer = PRMTrainer(policy_dir, rows, config, tmp_path / "run")
     history = trainer.learn()
     assert 0.0 <= history[-1]["prm/step_accuracy"] <= 1.0

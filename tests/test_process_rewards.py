@@ -251,8 +251,12 @@ def rollout_fingerprint() -> str:
             )
 
     def feed_info(info):
-        for key in sorted(k for k in info if "prefix_length" not in k):
+        # keys added later (prefix_length; stop_token, which names the stop id that ended
+        # an episode) are left out: every value the digest was taken over is unchanged
+        for key in sorted(k for k in info if "prefix_length" not in k and "stop_token" not in k):
             value = info[key]
+            if isinstance(value, dict):  # same_step's final_info
+                value = {k: v for k, v in value.items() if "stop_token" not in k}
             feed(key, value.tolist() if isinstance(value, np.ndarray) else value)
 
     rng = np.random.default_rng(0)

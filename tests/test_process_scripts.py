@@ -14,6 +14,7 @@ import llm_env
 from reward_models import load_reward_model
 from scripts import cli
 from scripts.process_study import step_auc
+from tests.tiny_options import tiny_model_argv
 
 TASK = ["--task", "arithmetic_chain", "--task-kwargs", '{"num_terms": 3, "max_operand": 9}']
 
@@ -41,7 +42,7 @@ def test_prm_cli_samples_rollout_labels_and_trains(policy_dir, tmp_path, capsys)
     out, run_dir = tmp_path / "prm", tmp_path / "run"
     cli.main(["prm", "--policy", str(policy_dir), *TASK, "--labels", "rollouts", "--rollouts", "2",
               "--num-prompts", "16", "--max-steps", "2", "--batch-size", "4", "--out", str(out),
-              "--run-dir", str(run_dir), "--threads", "1"])  # fmt: skip
+              "--run-dir", str(run_dir), "--threads", "1", *tiny_model_argv("prm")])  # fmt: skip
     printed = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(printed[-1])
     assert summary["prm"] == str(out) and 0.0 <= summary["prm/step_accuracy"] <= 1.0
@@ -51,7 +52,8 @@ def test_prm_cli_samples_rollout_labels_and_trains(policy_dir, tmp_path, capsys)
     again = tmp_path / "again"
     cli.main(["prm", "--policy", str(policy_dir), "--data", str(run_dir / "steps.jsonl"),
               "--max-steps", "1", "--batch-size", "4", "--out", str(again), "--run-dir",
-              str(tmp_path / "run2"), "--aggregate", "product", "--threads", "1"])  # fmt: skip
+              str(tmp_path / "run2"), "--aggregate", "product", "--threads", "1",
+              *tiny_model_argv("prm")])  # fmt: skip
     assert json.loads((again / "prm.json").read_text()) == {
         "separator": ";",
         "aggregate": "product",

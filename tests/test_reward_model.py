@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from agents.common.config import OptimConfig
+from agents.presets import tiny_model_config
 from agents.reward_model import RewardModelConfig, RewardModelTrainer, bradley_terry_loss
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
@@ -102,7 +103,9 @@ def test_identical_pairs_are_skipped_and_counted(policy_dir, tmp_path):
     rows[3]["rejected"] = rows[3]["chosen"]
     rows[7]["rejected"] = rows[7]["chosen"]
     pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    config = RewardModelConfig(max_steps=1, log_every=1, normalize=False)
+    config = tiny_model_config(
+        "reward_model", RewardModelConfig, max_steps=1, log_every=1, normalize=False
+    )
     with pytest.warns(UserWarning, match="skipped 2 row"):
         trainer = RewardModelTrainer(policy_dir, pairs, config, tmp_path / "run")
     assert trainer.skipped_identical == 2 and len(trainer.pairs) == 18

@@ -33,6 +33,7 @@ from scripts import (
     sft,
 )
 from scripts.options import check_writable
+from tests.tiny_options import tiny_model_argv
 
 TASK = ["--task", "arithmetic", "--task-kwargs", '{"max_operand": 9}']
 TINY_MODEL = '{"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}'
@@ -59,7 +60,8 @@ def trained(tmp_path_factory):
                       "--gold-reward-model", "length"])  # fmt: skip
     reward_model.main(["--policy", str(out / "policy"), "--pairs", str(out / "pairs.jsonl"),
                        "--out", str(out / "rm"), "--run-dir", str(runs / "rm"),
-                       "--max-steps", "2", "--batch-size", "4"])  # fmt: skip
+                       "--max-steps", "2", "--batch-size", "4",
+                       *tiny_model_argv("reward_model")])  # fmt: skip
     return out
 
 
@@ -74,7 +76,7 @@ def test_sft_preferences_reward_model_clis(trained):
 def test_dpo_cli(trained, tmp_path, capsys):
     dpo.main(["--policy", str(trained / "policy"), "--pairs", str(trained / "pairs.jsonl"),
               *TASK, "--run-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4",
-              "--eval-prompts", "4", "--eval-num-envs", "4"])  # fmt: skip
+              "--eval-prompts", "4", "--eval-num-envs", "4", *tiny_model_argv("dpo")])  # fmt: skip
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert math.isfinite(summary["loss/total"]) and "reward/gold" in summary
     assert (Path(summary["final_policy"]) / "model.safetensors").is_file()
@@ -92,7 +94,8 @@ def test_dpo_cli(trained, tmp_path, capsys):
 def test_online_clis(trained, tmp_path, capsys, main, sizes):
     main(["--policy", str(trained / "policy"), *TASK, "--reward-model", str(trained / "rm"),
           "--max-new-tokens", "4", "--run-dir", str(tmp_path), "--total-prompts", "4",
-          "--precision", "fp32", *sizes])  # fmt: skip
+          "--precision", "fp32", *sizes,
+          *tiny_model_argv(main.__module__.rsplit(".", 1)[-1])])  # fmt: skip
     assert "\ndone: {" in capsys.readouterr().out
     assert (tmp_path / "final" / "model.safetensors").is_file()
 

@@ -15,6 +15,7 @@ from agents.common.config import OptimConfig
 from agents.common.offline import batch_schedule, encode_examples, pad_batch
 from agents.common.policy import load_policy
 from agents.common.run import CHECKPOINT_DIR, METRICS_FILE, TrainingStopped
+from agents.presets import tiny_model_config
 from agents.sft import SFT, SFTConfig, sft_loss
 from llm_env.tasks import JsonlError
 from tests.interrupt import learn_until_killed
@@ -163,7 +164,9 @@ def test_cross_entropy_of_uniform_model_is_log_vocab(arithmetic_tokenizer, tmp_p
 def test_zero_log_and_save_intervals_mean_only_at_the_end(
     arithmetic_task, arithmetic_tokenizer, tiny_policy, tmp_path
 ):
-    config = SFTConfig(batch_size=16, max_steps=3, log_every=0, save_every=0, heldout_fraction=0)
+    config = tiny_model_config(
+        "sft", SFTConfig, batch_size=16, max_steps=3, log_every=0, save_every=0, heldout_fraction=0
+    )
     sft = SFT(
         tiny_policy, arithmetic_tokenizer, list(arithmetic_task.demonstrations), config, tmp_path
     )

@@ -30,7 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from agents.common.precision import PRECISIONS
+from agents.common.precision import DEVICES, PRECISIONS, check_device
 
 # -- validation --------------------------------------------------------------------------------
 
@@ -87,9 +87,12 @@ def group(factory: Callable[[], Any], prefix: str = "") -> Any:
 
 @dataclasses.dataclass
 class OptimConfig:
-    """The optimiser every agent uses: AdamW, optional warm-up, constant or linear schedule."""
+    """The optimiser every agent uses: AdamW, optional warm-up, constant or linear schedule.
 
-    learning_rate: float = 3e-4
+    The bare default learning rate is TRL's for GRPO, DPO and RLOO (1e-6), for a pretrained
+    checkpoint; each agent sets its own (``agents.presets`` holds the tiny models' values)."""
+
+    learning_rate: float = 1e-6
     """Peak AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -117,6 +120,11 @@ class AgentConfig:
     """Seeds initialisation, data order, prompt draws and sampling."""
     precision: str = "fp32"
     """Forward-pass precision: auto | bf16 | fp32 (log-probs, KL and losses stay fp32)."""
+    device: str = "auto"
+    """Where the models train: auto (CUDA when a GPU is visible) | cpu | cuda; env and reward
+    models stay on the CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about a third more compute)."""
     log_every: int = 10
     """Write a log point (TensorBoard, metrics.jsonl, summary line) every this many steps,
     averaging the steps since the last one (0 = only at evaluations and the end)."""
@@ -128,14 +136,23 @@ class AgentConfig:
     def __post_init__(self) -> None:
         _number("seed", self.seed, int)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("device", self.device, DEVICES)
+        check_device(self.device)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise TypeError(
+                f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}"
+            )
         check_positive("log_every", self.log_every, allow_zero=True)
         check_positive("save_every", self.save_every, allow_zero=True)
         if not isinstance(self.resume, bool):
             raise TypeError(f"resume must be True or False, got {self.resume!r}")
 
 
-# Fields that may differ between a run and its resumption (they change no result).
-RESUMABLE_CHANGES = frozenset({"resume", "log_every", "save_every", "total_prompts"})
+# Fields that may differ between a run and its resumption (they change no result, or only its
+# rounding: the device, recomputed activations).
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "log_every", "save_every", "total_prompts", "device", "gradient_checkpointing"}
+)
 
 
 def to_jsonable(config: Any) -> Any:

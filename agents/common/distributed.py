@@ -61,15 +61,18 @@ class TrainForward(nn.Module):
 
 
 class Distributed:
-    """This process's place in the run: rank, world size, and the collectives the trainers use.
+    """This process's place in the run: rank, world size, the device its models train on
+    (``device``: an ``AgentConfig.device``) and the collectives the trainers use.
 
     With one process every method is the identity and no collective runs.
     """
 
-    def __init__(self):
+    def __init__(self, device: str = "auto"):
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
+        # one accelerator state per process, on the GPU whenever one is visible: "cpu" then
+        # only moves this run's models (a process may train on both, one run after the other)
         self.accelerator = Accelerator(cpu=compute_device() == "cpu")
         supported = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU}
         kind = self.accelerator.distributed_type
@@ -82,11 +85,22 @@ class Distributed:
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-
-    @property
-    def device(self) -> torch.device:
-        """This process's device: its GPU under a multi-GPU launch, else the CPU."""
-        return self.accelerator.device
+        # where this process's models train: its GPU (its own under a multi-GPU launch), else
+        # the CPU
+        self.device = self.accelerator.device
+        wanted = compute_device(device)
+        if wanted == "cuda" and self.device.type != "cuda":
+            raise ValueError(
+                "device='cuda' but accelerate runs this process on the CPU (ACCELERATE_USE_CPU "
+                "or `accelerate launch --cpu`); use --device cpu or launch on GPUs"
+            )
+        if wanted == "cpu" and self.device.type != "cpu":
+            if self.world_size > 1:
+                raise ValueError(
+                    "device='cpu' under a multi-GPU launch: the processes communicate through "
+                    "their GPUs; launch on CPUs (accelerate launch --cpu) or use --device auto"
+                )
+            self.device = torch.device("cpu")
 
     def place(self, *models: nn.Module) -> None:
         """Move ``models`` to this process's device (in place)."""

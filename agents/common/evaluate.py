@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from agents.common import metrics
-from agents.common.offline import encode_examples, pad_batch, sequence_logprobs
+from agents.common.offline import encode_examples, pad_batch, sequence_logprobs, stop_ids
 from agents.common.policy import (
     SamplingConfig,
     check_same_tokenizer,
@@ -137,8 +137,11 @@ def evaluate(
         lengths.append(batch.lengths[:n].cpu().numpy())
         for key, values in texts.items():
             values.extend(getattr(batch, key)[:n])
+        messages = [env.setup.prompt(p)[1] for p in batch.prompts[:n]]  # chat prompts' messages
         for name, model in (extra_reward_models or {}).items():
-            extra[name].append(checked_score(model, batch.prompts[:n], batch.completions[:n]))
+            extra[name].append(
+                checked_score(model, batch.prompts[:n], batch.completions[:n], messages)
+            )
         for i in range(min(n, n_samples - len(samples))):
             samples.append(
                 {
@@ -219,7 +222,8 @@ def judge_nll(
 
 @dataclass
 class Judge:
-    """A language model trained on the task corpus, apart from the policies, scoring fluency."""
+    """A language model apart from the policies, scoring fluency: one trained on the task
+    corpus, or (a task without one, e.g. your own prompts) the reference policy."""
 
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -268,6 +272,9 @@ class SuiteConfig:
     """Task whose held-out (``eval``) prompts are used, cycled to ``prompts``."""
     task_kwargs: dict = field(default_factory=dict)
     """Options of the task."""
+    gold_reward: str | None = None
+    """Gold reward (any ``load_reward_model`` spec) instead of the task's: a task without one
+    (``jsonl``) needs it."""
     prompts: int = 512
     """Completions sampled per policy (one per prompt, prompts repeated)."""
     seed: int = 0
@@ -305,12 +312,16 @@ def evaluate_policies(
     ``quality_metrics``, samples). Policies after one named ``sft`` or ``reference`` also get
     ``gold_gain`` over it with a paired 95% interval (``paired_gain_ci``). Policies are
     ``save_pretrained`` directories sharing the reference's tokenizer (the first policy's when
-    there is no reference)."""
+    there is no reference); its ``generation_config`` stop ids end episodes too. The gold
+    reward is ``suite.gold_reward`` or the task's."""
     ref_model, tokenizer = load_policy(reference if reference is not None else policies[0][1])
+    stops = sorted(stop_ids(tokenizer, getattr(ref_model, "generation_config", None)))
     ref_model = ref_model.eval() if reference is not None else None
     task = make_task(suite.task, **suite.task_kwargs)
     lexicon = metrics.task_lexicon(task)
     env = TokenMDPVectorEnv(min(suite.num_envs, suite.prompts), task=task, tokenizer=tokenizer,
+                            reward_model=suite.gold_reward,
+                            gold_reward_model=suite.gold_reward or "task", stop_token_ids=stops,
                             split="eval", autoreset_mode="disabled")  # fmt: skip
     pool = list(env.setup.task.prompts("eval"))
     n = suite.samples_per_prompt

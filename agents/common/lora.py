@@ -91,21 +91,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def adaptable_layer_names(model: PreTrainedModel) -> dict[str, nn.Module]:
-    """Every linear (or GPT-2 ``Conv1D``) layer by full name, except the output head."""
+    """Every linear (or GPT-2 ``Conv1D``) layer by full name, found by module type whatever
+    the architecture names it, except the output head (and any layer sharing the input
+    embedding's weight, as a tied head does)."""
     head = model.get_output_embeddings()
+    embedding = model.get_input_embeddings()
+    tied = embedding.weight if embedding is not None else None
     return {
         name: module
         for name, module in model.named_modules()
         if isinstance(module, (nn.Linear, Conv1D)) and module is not head
-    }
+        and module.weight is not tied
+    }  # fmt: skip
 
 
-def target_modules(model: PreTrainedModel, spec: str) -> list[str] | str:
-    """The ``peft`` target list for ``spec`` (comma-separated names, or ``all-linear``); every
-    name must match a layer (the full name, or its last components) of ``adaptable_layer_names``."""
+def target_modules(model: PreTrainedModel, spec: str) -> list[str]:
+    """The ``peft`` target list for ``spec``: ``all-linear`` → the full name of every layer of
+    ``adaptable_layer_names``; else comma-separated names, each of which must match a layer
+    (the full name, or its last components)."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if names == [ALL_LINEAR]:
-        return ALL_LINEAR
+        return list(adaptable_layer_names(model))
     if not names:
         raise ValueError(f"lora_target_modules is empty; name layers or use {ALL_LINEAR!r}")
     layers = adaptable_layer_names(model)

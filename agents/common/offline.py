@@ -1,10 +1,16 @@
-"""What the offline agents (SFT, DPO, the Bradley–Terry reward model) share.
+"""What the offline agents (SFT, DPO, the Bradley–Terry reward model, the PRM) share.
 
-- ``load_examples``: rows from JSONL (through ``read_jsonl``, so errors name file, line, key) or
-  from a list of tuples;
-- ``encode_examples`` / ``pad_batch``: ``prompt + completion + <eos>`` token ids, right-padded per
-  batch to the longest row (dynamic padding), with a mask of the tokens the loss reads;
-- ``sequence_logprobs``: fp32 per-token log-probs from one forward pass;
+- ``load_offline_policy`` / ``with_pad_token``: a checkpoint's tokenizer without a pad token pads
+  with EOS (every mask comes from lengths, never from comparing ids with the pad id);
+- ``load_examples``: TRL's standard (strings) or conversational (message lists) rows from JSONL
+  (through ``read_jsonl``, so errors name file, line, key) or from a list of tuples or dicts;
+- ``render_examples`` / ``encode_examples`` / ``pad_batch``: prompt + completion token ids —
+  conversational rows rendered with the chat template (the completion ends with its end-of-turn
+  token), plain-text completions ended with ``<eos>`` unless they end with a stop id already —
+  right-padded per batch to the longest row (dynamic padding), with a mask of the tokens the
+  loss reads;
+- ``sequence_logprobs``: fp32 per-token log-probs from one forward pass, over the tokenizer's
+  vocabulary only (a padded embedding table's extra rows get no probability);
 - ``batch_schedule`` and ``offline_step``: a deterministic batch schedule, and one optimiser step
   on its batch — the loop around it is ``agents.common.run.Agent``'s.
 
@@ -16,20 +22,28 @@ only the main process evaluates (its result is broadcast), logs and writes check
 
 from __future__ import annotations
 
+import copy
+import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.common.config import check_positive
 from agents.common.lora import causal_lm
-from agents.common.policy import position_ids_from_mask
+from agents.common.policy import load_policy, position_ids_from_mask
 from agents.common.precision import autocast
+from llm_env.chat import Messages, check_messages, render_completion, render_text
 from llm_env.tasks import read_jsonl
+from llm_env.tokenizer import load_tokenizer
+
+Text = str | Messages
+"""A prompt or completion: plain text, or TRL's conversational form (a list of messages)."""
 
 
 def check_offline_options(config) -> None:
@@ -45,20 +59,92 @@ def check_offline_options(config) -> None:
     check_positive("eval_every", config.eval_every, allow_zero=True)
 
 
+def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """``tokenizer``, or a copy that pads with EOS when it has no pad token (as many pretrained
+    checkpoints ship): the offline agents build every mask from lengths, so the pad id's value
+    never matters."""
+    if tokenizer.pad_token_id is not None or tokenizer.eos_token_id is None:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_offline_policy(
+    policy: str | Path | PreTrainedModel,
+    tokenizer: str | Path | PreTrainedTokenizerBase | None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``load_policy``, accepting a tokenizer without a pad token (``with_pad_token``)."""
+    source = tokenizer if tokenizer is not None else policy
+    if isinstance(source, PreTrainedTokenizerBase) or (
+        isinstance(source, (str, Path)) and (Path(source) / "tokenizer_config.json").is_file()
+    ):
+        tokenizer = with_pad_token(load_tokenizer(source))
+    return load_policy(policy, tokenizer)
+
+
+def stop_ids(
+    tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None = None
+) -> frozenset[int]:
+    """The ids that end a completion: the tokenizer's EOS and ``generation_config.eos_token_id``
+    (an int or a list: instruct checkpoints list their end-of-turn tokens there)."""
+    extra = getattr(generation_config, "eos_token_id", None)
+    extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+    return frozenset([tokenizer.eos_token_id, *extra])
+
+
+def jsonl_rows(
+    path: str | Path, required: Sequence[str], messages: Sequence[str] = ()
+) -> list[tuple[str, dict]]:
+    """``(where, row)`` of every row of ``path`` (``read_jsonl``), ``where`` = ``"path:line"``
+    for errors found past the reader's own checks."""
+    rows = read_jsonl(path, required=required, messages=messages)
+    text = Path(path).read_text(encoding="utf-8")
+    lines = [n for n, line in enumerate(io.StringIO(text, newline=None), 1) if line.strip()]
+    return [(f"{path}:{n}", row) for n, row in zip(lines, rows)]
+
+
+def _check_example(row: dict, keys: Sequence[str], where: str) -> None:
+    """Every key a string or a list of messages; a conversational completion only after a
+    conversational prompt (``keys[0]``)."""
+    for key in keys:
+        value = row.get(key)
+        if isinstance(value, list):
+            row[key] = check_messages(value, f"{where}: key {key!r}")
+        elif not isinstance(value, str):
+            raise ValueError(
+                f"{where}: missing or non-string {key!r} (must be a string or a list of "
+                f"messages, got {type(value).__name__})"
+            )
+    prompt_key = keys[0]
+    for key in keys[1:]:
+        if isinstance(row[key], list) and isinstance(row[prompt_key], str):
+            raise ValueError(
+                f"{where}: key {key!r} is a list of messages but {prompt_key!r} is a string; a "
+                f"conversational row has message lists in {prompt_key!r} too"
+            )
+
+
 def load_examples(
-    data: str | Path | Sequence[Sequence[str]], keys: Sequence[str], what: str
-) -> tuple[list[tuple[str, ...]], list[dict]]:
-    """``(tuples of the keys' values, full rows)`` from a JSONL path or a list of tuples/dicts."""
+    data: str | Path | Sequence[Sequence[Text]], keys: Sequence[str], what: str
+) -> tuple[list[tuple[Text, ...]], list[dict]]:
+    """``(tuples of the keys' values, full rows)`` from a JSONL path or a list of tuples/dicts.
+
+    Each value is a string (TRL's standard form) or a list of messages (conversational).
+    """
     if isinstance(data, (str, Path)):
-        rows = read_jsonl(data, required=keys)
+        located = jsonl_rows(data, required=keys, messages=keys)
     else:
-        rows = []
-        for i, item in enumerate(data):
-            row = dict(item) if isinstance(item, dict) else dict(zip(keys, item))
-            missing = [k for k in keys if not isinstance(row.get(k), str)]
-            if missing:
-                raise ValueError(f"{what} example #{i}: missing or non-string {missing[0]!r}")
-            rows.append(row)
+        located = [
+            (
+                f"{what} example #{i}",
+                dict(item) if isinstance(item, Mapping) else dict(zip(keys, item)),
+            )
+            for i, item in enumerate(data)
+        ]
+    for where, row in located:
+        _check_example(row, keys, where)
+    rows = [row for _, row in located]
     if not rows:
         raise ValueError(f"{what}: the dataset is empty")
     return [tuple(r[k] for k in keys) for r in rows], rows
@@ -66,7 +152,7 @@ def load_examples(
 
 def load_preference_pairs(
     data: str | Path | Sequence, what: str
-) -> tuple[list[tuple[str, str, str]], list[dict], int]:
+) -> tuple[list[tuple[Text, Text, Text]], list[dict], int]:
     """``(prompt, chosen, rejected)`` triples, their full rows, and how many rows had
     ``chosen == rejected`` — those carry no preference and are skipped (with a warning)."""
     triples, rows = load_examples(data, ("prompt", "chosen", "rejected"), what)
@@ -79,15 +165,53 @@ def load_preference_pairs(
     return [triples[i] for i in keep], [rows[i] for i in keep], skipped
 
 
+def render_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Text],
+    completions: Sequence[Text],
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[list[str], list[str], list[bool]]:
+    """Per example the prompt's text, the completion's text, and whether the completion is plain
+    text (which ``end_with_eos`` ends with ``<eos>``).
+
+    A conversational prompt is rendered by the chat template with its generation prompt, a
+    conversational completion as the rest of the whole conversation's rendering
+    (``llm_env.chat``): it ends with the template's end-of-turn token already.
+    """
+    prompt_texts, completion_texts, plain = [], [], []
+    for prompt, completion in zip(prompts, completions):
+        is_plain = isinstance(completion, str)
+        if not is_plain and isinstance(prompt, str):
+            raise ValueError("a conversational completion needs a conversational prompt")
+        prompt_texts.append(render_text(tokenizer, prompt, chat_template_kwargs))
+        completion_texts.append(
+            completion
+            if is_plain
+            else render_completion(tokenizer, prompt, completion, chat_template_kwargs)
+        )
+        plain.append(is_plain)
+    return prompt_texts, completion_texts, plain
+
+
+def end_with_eos(ids: list[int], plain: bool, eos: int, stops: Collection[int]) -> list[int]:
+    """``ids + [eos]`` for a plain-text completion that does not end with a stop id already (the
+    model learns to emit it); a conversational one ends with its end-of-turn token already."""
+    return ids + [eos] if plain and not (ids and ids[-1] in stops) else ids
+
+
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    completions: Sequence[str],
+    prompts: Sequence[Text],
+    completions: Sequence[Text],
     max_length: int,
+    stops: Collection[int] = (),
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[tuple[list[int], int]]:
-    """Per example ``(ids of prompt + completion + <eos>, number of prompt tokens)``.
+    """Per example ``(ids of prompt + completion, number of prompt tokens)``, the completion
+    ending with ``<eos>`` (``end_with_eos``; ``stops``: the ids besides EOS that end one).
 
-    The completion's ids are what the policy would append after the env's prompt ids: those of
+    Texts come from ``render_examples`` and are tokenised without special tokens. The
+    completion's ids are what the policy would append after the env's prompt ids: those of
     ``prompt + completion`` past the prompt's own ids (the completion tokenised on its own when a
     token straddles the boundary). Rows longer than ``max_length`` keep at most the prompt's last
     ``max_length // 2`` tokens, then lose the end of the completion.
@@ -95,7 +219,11 @@ def encode_examples(
     if not prompts:
         return []
     eos = tokenizer.eos_token_id
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    stops = {eos, *stops}
+    prompts, completions, plain = render_examples(
+        tokenizer, prompts, completions, chat_template_kwargs
+    )
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     joint_ids = tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)[
         "input_ids"
     ]
@@ -104,8 +232,8 @@ def encode_examples(
         for p, j, c in zip(prompt_ids, joint_ids, completions)
     ]
     rows = []
-    for p, c in zip(prompt_ids, completion_ids):
-        c = c + [eos]
+    for p, c, is_plain in zip(prompt_ids, completion_ids, plain):
+        c = end_with_eos(c, is_plain, eos, stops)
         if len(p) + len(c) > max_length:
             p = p[-max(1, max_length // 2) :] if p else p
             c = c[: max_length - len(p)]
@@ -113,22 +241,31 @@ def encode_examples(
     return rows
 
 
+def right_pad(rows: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` (B, L) right-padded with ``pad_id`` to the longest row, and the
+    ``attention_mask`` (B, L) from the rows' lengths (never from comparing ids with the pad id,
+    which may be EOS)."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 def pad_batch(
     rows: Sequence[tuple[list[int], int]], pad_id: int, train_on_prompt: bool = False
 ) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row. Returns ``input_ids``/``attention_mask`` (B, L) and
-    ``loss_mask`` (B, L - 1): 1 where token t+1 is scored (completion tokens, or every token
-    after the first one when ``train_on_prompt``)."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width - 1), dtype=torch.float32)
+    ``loss_mask`` (B, L - 1): 1 where token t+1 is scored (completion tokens, their closing EOS
+    included, or every token after the first one when ``train_on_prompt``), from lengths."""
+    batch = right_pad([ids for ids, _ in rows], pad_id)
+    loss_mask = torch.zeros((len(rows), batch["input_ids"].shape[1] - 1), dtype=torch.float32)
     for i, (ids, n_prompt) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
         first = 0 if train_on_prompt else max(n_prompt - 1, 0)
         loss_mask[i, first : len(ids) - 1] = 1.0
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    return {**batch, "loss_mask": loss_mask}
 
 
 # Architectures whose logits are exactly ``get_output_embeddings()(last_hidden_state)`` (no
@@ -137,13 +274,18 @@ HEAD_ON_SCORED_ONLY = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3"})
 
 
 def sequence_logprobs(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "fp32"
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    precision: str = "fp32",
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """fp32 log π(token t+1 | tokens ≤ t) for every position, shape (B, L - 1), 0 where masked.
 
-    The LM head and the log-softmax run only on the scored positions (not on prompt or pad
-    tokens) for the architectures in ``HEAD_ON_SCORED_ONLY``; other models go through their
-    full forward. ``model`` may be a LoRA policy or its ``BaseWeightsReference`` (``causal_lm``).
+    The log-softmax is over the first ``vocab_size`` logits (the tokenizer's vocabulary; None =
+    all): the rows a padded embedding table has beyond it get no probability. The LM head and
+    the log-softmax run only on the scored positions (not on prompt or pad tokens) for the
+    architectures in ``HEAD_ON_SCORED_ONLY``; other models go through their full forward.
+    ``model`` may be a LoRA policy or its ``BaseWeightsReference`` (``causal_lm``).
     """
     mask = batch["loss_mask"].bool()
     targets = batch["input_ids"][:, 1:][mask]
@@ -159,6 +301,7 @@ def sequence_logprobs(
             logits = lm.get_output_embeddings()(hidden[mask])  # (scored tokens, vocab)
         else:
             logits = lm(**inputs).logits[:, :-1][mask]
+    logits = logits[:, :vocab_size]  # (scored tokens, vocab_size)
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     logprobs[mask] = -F.cross_entropy(logits.float(), targets, reduction="none")
     return logprobs

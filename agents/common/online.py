@@ -22,6 +22,7 @@ from agents.common.distributed import Distributed
 from agents.common.kl import exact_kl, make_kl_controller, sequence_kl_stats
 from agents.common.lora import BaseWeightsReference, is_lora, with_lora
 from agents.common.losses import entropy_of
+from agents.common.memory import enable_gradient_checkpointing
 from agents.common.policy import (
     SamplingConfig,
     check_same_tokenizer,
@@ -247,11 +248,12 @@ def init_online_agent(
     needs_reference: bool = True,
 ) -> None:
     """Set what every online agent holds: ``dist``, ``policy`` (LoRA-wrapped if configured, in
-    eval mode so π_θ/π_old is exactly 1 before an update), ``ref`` (None unless
+    eval mode so π_θ/π_old is exactly 1 before an update, on ``config.device``, its activations
+    checkpointed with ``config.gradient_checkpointing``), ``ref`` (None unless
     ``needs_reference``), ``env``, ``sampling``, ``precision``, ``kl_ctl`` and the sampling
     ``generator`` (seed + rank)."""
     config = agent.config
-    agent.dist = Distributed()
+    agent.dist = Distributed(config.device)
     agent.dist.check_divisible(batch_size=config.batch_size)
     torch.manual_seed(config.seed)
     agent.policy, agent.tokenizer = load_policy(policy, tokenizer)
@@ -261,11 +263,13 @@ def init_online_agent(
     if needs_reference:
         agent.ref = load_reference(agent.policy, agent.tokenizer, config.kl.ref_policy)
         agent.dist.place(agent.ref)
+    if config.gradient_checkpointing:  # after the reference's copy: π_ref is never trained
+        enable_gradient_checkpointing(agent.policy)
     agent.env = make_rollout_env(agent.tokenizer, env_kwargs, reward_model, num_envs, agent.dist)
     agent.vocab_size = len(agent.tokenizer)  # the actions; a padded embedding's extra rows are not
     agent.sampling = config.sampling
     warn_if_truncating(config.sampling)
-    agent.precision = resolve_precision(config.precision)
+    agent.precision = resolve_precision(config.precision, agent.dist.device, agent.policy)
     agent.kl_ctl = make_kl_controller(config.kl)
     agent.generator = torch.Generator().manual_seed(config.seed + agent.dist.rank)
 

@@ -258,7 +258,7 @@ def reset_prompts(
         options = {"prompts": prompts, **({"prefixes": prefixes} if prefixes is not None else {})}
     obs, info = env.reset(seed=seed, options=options)
     context = info["prompt_length"] + info.get("prefix_length", 0)
-    ids, mask = left_pad_prompts(obs, context, env.tokenizer.pad_token_id)
+    ids, mask = left_pad_prompts(obs, context, env.setup.pad_id)
     return ids.to(device), mask.to(device), info
 
 
@@ -281,7 +281,7 @@ def rollout(
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("rollouts need a lockstep env: autoreset_mode='disabled'")
     was_training = model.training
-    pad_id, device = env.tokenizer.pad_token_id, model_device(model.eval())
+    pad_id, device = env.setup.pad_id, model_device(model.eval())
     max_new = env.setup.max_new_tokens
     prompt_ids, prompt_mask, info = reset_prompts(env, prompts, seed, device, prefixes)
     (B, width), outcomes = prompt_ids.shape, Outcomes(len(prompt_ids), max_new)
