@@ -78,6 +78,11 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.eos_token_id if pad is None else pad
 
 
+def eos_id_list(value) -> list:
+    """A generation config's ``eos_token_id`` (None, an id, or a list of ids) as a list."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def generation_config_stop_ids(directory: str | Path) -> list[int]:
     """``eos_token_id`` (an int or a list) of ``directory/generation_config.json``; [] when the
     file or the entry is absent. Read as plain JSON: no network, no config validation."""
@@ -88,7 +93,7 @@ def generation_config_stop_ids(directory: str | Path) -> list[int]:
         value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
     except (json.JSONDecodeError, AttributeError) as e:
         raise ValueError(f"{path}: not a JSON object ({e})") from None
-    values = [] if value is None else value if isinstance(value, list) else [value]
+    values = eos_id_list(value)
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"{path}: eos_token_id holds {v!r}, not an integer token id")

@@ -66,3 +66,13 @@ def test_single_pass_equals_the_two_forward_update(kind, pretrained_llama, tmp_p
         assert torch.equal(value, double[0][name]), name
     for a, b in zip(single[1], double[1], strict=True):
         assert {k: a[k] for k in LOGGED if k in a} == {k: b[k] for k in LOGGED if k in b}
+
+
+def test_online_agents_stop_on_the_checkpoints_own_stop_ids(pretrained_llama, tmp_path):
+    """The policy's generation_config lists <|endoftext|> beside EOS: both end an episode."""
+    task = Task("plain", tuple(p[0]["content"] for p in chat_prompts(8)), (), (), None, 4, 16)
+    env = {"task": task, "reward_model": reward, "gold_reward_model": None}
+    agent = GRPO(str(pretrained_llama), None, env, AGENTS["grpo"][1](), tmp_path)
+    tokenizer = agent.tokenizer
+    second = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert agent.env.setup.stop_ids == (tokenizer.eos_token_id, second)

@@ -40,7 +40,7 @@ from agents.common.policy import load_policy, position_ids_from_mask
 from agents.common.precision import autocast
 from llm_env.chat import Messages, check_messages, render_completion, render_text
 from llm_env.tasks import read_jsonl
-from llm_env.tokenizer import load_tokenizer
+from llm_env.tokenizer import eos_id_list, load_tokenizer
 
 Text = str | Messages
 """A prompt or completion: plain text, or TRL's conversational form (a list of messages)."""
@@ -88,8 +88,7 @@ def stop_ids(
 ) -> frozenset[int]:
     """The ids that end a completion: the tokenizer's EOS and ``generation_config.eos_token_id``
     (an int or a list: instruct checkpoints list their end-of-turn tokens there)."""
-    extra = getattr(generation_config, "eos_token_id", None)
-    extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+    extra = eos_id_list(getattr(generation_config, "eos_token_id", None))
     return frozenset([tokenizer.eos_token_id, *extra])
 
 

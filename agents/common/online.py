@@ -23,6 +23,7 @@ from agents.common.kl import exact_kl, make_kl_controller, sequence_kl_stats
 from agents.common.lora import BaseWeightsReference, is_lora, with_lora
 from agents.common.losses import entropy_of
 from agents.common.memory import enable_gradient_checkpointing
+from agents.common.offline import stop_ids
 from agents.common.policy import (
     SamplingConfig,
     check_same_tokenizer,
@@ -265,6 +266,9 @@ def init_online_agent(
         agent.dist.place(agent.ref)
     if config.gradient_checkpointing:  # after the reference's copy: π_ref is never trained
         enable_gradient_checkpointing(agent.policy)
+    env_kwargs = dict(env_kwargs or {})  # the checkpoint's own stop ids end episodes too
+    stops = stop_ids(agent.tokenizer, getattr(agent.policy, "generation_config", None))
+    env_kwargs["stop_token_ids"] = sorted(stops | set(env_kwargs.get("stop_token_ids") or ()))
     agent.env = make_rollout_env(agent.tokenizer, env_kwargs, reward_model, num_envs, agent.dist)
     agent.vocab_size = len(agent.tokenizer)  # the actions; a padded embedding's extra rows are not
     agent.sampling = config.sampling
