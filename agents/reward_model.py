@@ -101,6 +101,14 @@ def bradley_terry_loss(
     }
 
 
+def through_last_stop(ids: list[int], stops: Collection[int]) -> list[int]:
+    """``ids`` up to and including the last stop id: a chat template's text after the
+    assistant's end-of-turn token (ChatML's newline) is not part of what the env scores, where
+    the score is read at the completion's stop token."""
+    ends = [i for i, t in enumerate(ids) if t in stops]
+    return ids[: ends[-1] + 1] if ends else ids
+
+
 def encode_scored(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Text],
@@ -111,7 +119,8 @@ def encode_scored(
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask`` (masks from lengths) of prompt + completion
     tokenised in one piece (``render_examples``), a plain-text one ended with ``<eos>`` unless it
-    ends with a stop id (``end_with_eos``): for plain text what ``reward_models.learned`` scores.
+    ends with a stop id (``end_with_eos``), a conversational one cut after its end-of-turn stop
+    id (``through_last_stop``): what ``reward_models.learned`` scores through the env.
     Over-long texts keep their last ``max_length`` tokens: the score is read at the end."""
     eos = tokenizer.eos_token_id
     prompts, completions, plain = render_examples(
@@ -120,9 +129,10 @@ def encode_scored(
     joint = tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)
     stops = {eos, *stops}
     rows = [  # an empty completion ends with <eos> whatever ends the prompt
-        end_with_eos(ids, is_plain, eos, stops if c else ())
+        end_with_eos(ids if is_plain else through_last_stop(ids, stops), is_plain, eos,
+                     stops if c else ())
         for ids, c, is_plain in zip(joint["input_ids"], completions, plain)
-    ]
+    ]  # fmt: skip
     return right_pad([ids[-max_length:] for ids in rows], tokenizer.pad_token_id)
 
 

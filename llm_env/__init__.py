@@ -5,13 +5,28 @@ env = gym.make("TokenMDP-v0")                       # sentiment task, VADER rewa
 venv = gym.make_vec("TokenMDP-v0", num_envs=64, vectorization_mode="vector_entry_point")
 """
 
+import importlib
+
 from gymnasium.envs.registration import register, registry
 
-from llm_env.models import tiny_gpt2
-from llm_env.tasks import TASKS, Task, make_task
-from llm_env.token_mdp import TokenMDPEnv
-from llm_env.tokenizer import train_tokenizer
-from llm_env.vector import TokenMDPVectorEnv
+# What ``llm_env`` re-exports, imported on first use (PEP 562): importing a light module such
+# as ``llm_env.tokenizer`` or ``llm_env.chat`` (the reward models do) runs no env code.
+_EXPORTS = {
+    "tiny_gpt2": "llm_env.models",
+    "TASKS": "llm_env.tasks",
+    "Task": "llm_env.tasks",
+    "make_task": "llm_env.tasks",
+    "TokenMDPEnv": "llm_env.token_mdp",
+    "TokenMDPVectorEnv": "llm_env.vector",
+    "train_tokenizer": "llm_env.tokenizer",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'llm_env' has no attribute {name!r}")
+
 
 ENV_ID = "TokenMDP-v0"
 

@@ -5,22 +5,20 @@ from __future__ import annotations
 import importlib
 import sys
 
+from agents.registry import AGENTS
+
 COMMANDS = {
     "pipeline": ("scripts.pipeline", "the whole RLHF-vs-DPO study on a built-in task"),
     "compare": ("scripts.compare", "report and plots from any run directories"),
     "evaluate": ("scripts.evaluate", "fluency, diversity, length and reward of saved policies"),
     "demo": ("scripts.demo", "roll out a fresh tiny policy through TokenMDP-v0 and print it"),
-    "sft": ("scripts.sft", "supervised fine-tuning / pre-training of a policy"),
     "preferences": ("scripts.preferences", "sample preference pairs through the env"),
-    "reward-model": ("scripts.reward_model", "train a Bradley-Terry reward model"),
-    "dpo": ("scripts.dpo", "direct preference optimisation"),
-    "ppo": ("scripts.ppo", "PPO with a critic against a reward model"),
-    "reinforce": ("scripts.reinforce", "REINFORCE / RLOO against a reward model"),
-    "grpo": ("scripts.grpo", "GRPO / Dr. GRPO / DAPO against a reward model"),
+    # one command per agent of the registry: scripts/<command>.py
+    **{spec.command: (f"scripts.{spec.command.replace('-', '_')}", spec.summary)
+       for spec in AGENTS.values()},
     "kl-study": ("scripts.kl_study", "KL estimators k1/k2/k3 in the reward vs the loss, exactly"),
-    "prm": ("scripts.prm", "train a process reward model on stepwise labels"),
     "process-study": ("scripts.process_study", "do process rewards help PPO? (arithmetic_chain)"),
-}
+}  # fmt: skip
 
 
 def usage() -> str:

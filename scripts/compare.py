@@ -4,7 +4,8 @@ Finds every agent run (a directory with event files) below the given directories
 ``report.md``, ``results.json`` and the plots to ``--out``; prints the summary table: per agent,
 final gold and train reward, KL, wall time, tokens/s, peak memory and models held in memory.
 The held-out evaluations are the pipeline's (``stages/evaluate.json``) where present; with
-``--evaluate``, every PPO, REINFORCE and DPO run's final policy goes through the evaluation suite
+``--evaluate``, the final policy of every run of a fine-tuning method (``agents.registry``: PPO,
+REINFORCE, GRPO, DPO) goes through the evaluation suite
 of ``tokenmdp evaluate`` instead, on the same prompts and seed (``--reference``, ``--judge``, ...).
 """
 
@@ -14,22 +15,18 @@ import argparse
 import json
 from pathlib import Path
 
+from agents.registry import names
 from scripts.evaluate import add_suite_arguments, run_suite
 from scripts.options import require_writable
-from scripts.report import (
-    POLICY_AGENTS,
-    SUMMARY_COLUMNS,
-    AgentRun,
-    find_agent_runs,
-    markdown_table,
-    write_report,
-)
+from scripts.studies.report.runs import AgentRun, find_agent_runs
+from scripts.studies.report.tables import SUMMARY_COLUMNS, markdown_table
+from scripts.studies.report.writer import write_report
 
 
 def final_policies(runs: list[AgentRun]) -> list[tuple[str, Path]]:
-    """``(name, final/)`` of every PPO, REINFORCE and DPO run that saved a final policy, named
+    """``(name, final/)`` of every fine-tuning method's run that saved a final policy, named
     by its run directory (prefixed by its study's when names repeat)."""
-    chosen = [r for r in runs if r.agent in POLICY_AGENTS and (r.path / "final").is_dir()]
+    chosen = [r for r in runs if r.agent in names(role="method") and (r.path / "final").is_dir()]
     labels = [r.label for r in chosen]
     return [
         (r.label if labels.count(r.label) == 1 else f"{r.path.parent.parent.name}/{r.label}",

@@ -118,7 +118,8 @@ def train_judge(args: argparse.Namespace, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from scripts.report import EVAL_COLUMNS, eval_table, write_report
+    from scripts.studies.report.tables import EVAL_COLUMNS, eval_table
+    from scripts.studies.report.writer import write_report
 
     parser = argparse.ArgumentParser(
         prog="tokenmdp evaluate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter

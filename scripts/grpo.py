@@ -10,12 +10,11 @@ runs/<task>/grpo-<name>/ (``--resume`` continues a killed run from its last chec
 
 from __future__ import annotations
 
-from agents.grpo import GRPO, GRPOConfig
-from scripts.ppo import run
+from scripts.train import run
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(GRPO, GRPOConfig, argv, __doc__)
+    run("grpo", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from agents.common.config import dataclass_from_args
+from scripts.studies.stages import check_writable
 
 
 def json_object(text: str) -> dict:
@@ -26,26 +26,6 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
     return value
-
-
-def check_writable(path: str | os.PathLike, option: str, file: bool = False) -> None:
-    """Raise ``ValueError`` naming ``option`` and ``path`` unless ``path`` (a directory, or a
-    file if ``file``) can be created or written: its nearest existing ancestor must be a
-    writable directory."""
-    path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == path and path.is_dir() == file:
-        kind = "a directory" if file else "a file"
-        raise ValueError(f"{option} {str(path)!r}: cannot write there, it is {kind}")
-    folder = path.parent if existing == path and file else existing
-    if not folder.is_dir():
-        raise ValueError(f"{option} {str(path)!r}: cannot write there, {str(folder)!r} is a file")
-    target = path if existing == path else folder
-    if not os.access(target, os.W_OK | (0 if target.is_file() else os.X_OK)):
-        raise ValueError(f"{option} {str(path)!r}: cannot write there, no write permission on "
-                         f"{str(target)!r}")  # fmt: skip
 
 
 def require_writable(

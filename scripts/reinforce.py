@@ -10,12 +10,11 @@ runs/<task>/reinforce-<name>/ (``--resume`` continues a killed run from its last
 
 from __future__ import annotations
 
-from agents.reinforce import Reinforce, ReinforceConfig
-from scripts.ppo import run
+from scripts.train import run
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(Reinforce, ReinforceConfig, argv, __doc__)
+    run("reinforce", argv, __doc__)
 
 
 if __name__ == "__main__":

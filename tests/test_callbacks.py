@@ -15,7 +15,7 @@ from agents.common.config import OptimConfig
 from agents.ppo import PPO, PPOConfig
 from agents.presets import tiny_model_config
 from agents.sft import SFT, SFTConfig
-from scripts.report import read_scalars
+from scripts.studies.report.runs import read_scalars
 
 ENV = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}, "reward_model": "length"}
 

@@ -30,7 +30,7 @@ from agents.sft import SFT, SFTConfig
 from llm_env.tasks import Task
 from scripts import grpo as grpo_script
 from scripts.options import config_from_args, reparse_with_defaults
-from scripts.ppo import build_parser
+from scripts.train import build_parser
 from tests.pretrained import chat_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ from agents.dpo import DPO, DPOConfig, dpo_loss
 from agents.presets import tiny_model_config
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
-from scripts.report import read_scalars
+from scripts.studies.report.runs import read_scalars
 from tests.interrupt import learn_until_killed
 
 # two pairs: log-ratios chosen [0.5, 0.0], rejected [-0.5, -0.5] → h = [1.0, 0.5]

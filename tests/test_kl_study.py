@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from agents.common import kl_gradients as kg
 from agents.common.kl import exact_kl
-from scripts import cli, kl_study
+from scripts import cli
+from scripts.studies.kl import gradients as kg
+from scripts.studies.kl import study as kl_study
 from tests import toy as test_toy
 
 
@@ -292,14 +293,14 @@ def test_kl_study_smoke(tmp_path, capsys):
 
 def test_bad_option_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as stop:
-        kl_study.main(["--group-size", "1", "--out", str(tmp_path)])
+        cli.main(["kl-study", "--group-size", "1", "--out", str(tmp_path)])
     assert stop.value.code == 2
 
 
 def test_kl_study_report_formats_seed_spreads():
     """The report (scripts/kl_study_report.py, rendered by the smoke test above) writes a
     one-seed value as is and several as mean ± sample sd."""
-    from scripts import kl_study_report
+    from scripts.studies.kl import report as kl_study_report
 
     assert kl_study_report.mean_sd([0.5]) == "0.500"
     assert kl_study_report.mean_sd([1.0, 3.0], digits=2) == f"2.00 ± {2**0.5:.2f}"

@@ -30,7 +30,7 @@ from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from reward_models.base import FunctionRewardModel
 from scripts import dpo as dpo_script
-from scripts import ppo as ppo_script
+from scripts import train as train_script
 from tests import toy
 from tests.interrupt import learn_until_killed
 from tests.test_dpo import sequence_logp
@@ -261,7 +261,7 @@ def test_dpo_with_lora_trains_adapters_against_the_base(arithmetic_tokenizer, tm
 
 def test_command_line_options_parse_into_the_configs():
     argv = ["--lora-r", "4", "--lora-target-modules", "c_attn,c_proj", "--lora-alpha", "8"]
-    parser = ppo_script.build_parser(PPOConfig, "tokenmdp ppo", "")
+    parser = train_script.build_parser(PPOConfig, "tokenmdp ppo", "")
     config = dataclass_from_args(PPOConfig, parser.parse_args(argv))
     assert (config.lora.r, config.lora.alpha, config.lora.target_modules) == (
         4,
@@ -269,14 +269,14 @@ def test_command_line_options_parse_into_the_configs():
         "c_attn,c_proj",
     )
     assert "--lora-r" in parser.format_help() and "full fine-tuning" in parser.format_help()
-    parser = ppo_script.build_parser(ReinforceConfig, "tokenmdp reinforce", "")
+    parser = train_script.build_parser(ReinforceConfig, "tokenmdp reinforce", "")
     assert dataclass_from_args(ReinforceConfig, parser.parse_args(argv)).lora.r == 4
     args = dpo_script.build_parser().parse_args(["--policy", "p", "--pairs", "x.jsonl", *argv])
     config = dataclass_from_args(DPOConfig, args)
     assert (config.lora.r, config.lora.target_modules) == (4, "c_attn,c_proj")
     assert (
         dataclass_from_args(
-            PPOConfig, ppo_script.build_parser(PPOConfig, "p", "").parse_args([])
+            PPOConfig, train_script.build_parser(PPOConfig, "p", "").parse_args([])
         ).lora.r
         == 0
     )

@@ -177,7 +177,7 @@ def test_suite_gives_every_policy_the_same_prompts_and_seed(
 
 
 def test_log_evaluation_writes_eval_scalars_at_the_runs_last_step(tmp_path):
-    from scripts.report import read_scalars
+    from scripts.studies.report.runs import read_scalars
 
     (tmp_path / "metrics.jsonl").write_text('{"examples": 32}\n{"examples": 64}\n')
     log_evaluation(tmp_path, {"distinct_2": 0.5, "judge_ppl": math.nan, "length_corr_gold": 0.2})

@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from agents.common.overoptimisation import (
+from scripts.studies.overoptimisation import (
     best_of_n_kl,
     best_of_n_values,
     best_of_n_weights,
     gao_fit,
 )
-from scripts.frontier import (
+from scripts.studies.report.frontier import (
     decline,
     dominance_lines,
     fit_lines,
@@ -198,7 +198,7 @@ def test_fit_lines_tell_a_measured_fall_from_a_flattening_fit():
 
 
 def test_budget_table_takes_each_curves_best_point_within_the_budget():
-    from scripts.frontier import budget_table
+    from scripts.studies.report.frontier import budget_table
 
     measured = {"a": [(0.5, 0.2, [0.1, 0.3]), (3.0, 0.6, [0.5, 0.7]), (9.0, 0.4, [0.3, 0.5])],
                 "b": [(2.0, 0.5, [0.45, 0.55])]}  # fmt: skip
@@ -225,7 +225,7 @@ def test_paired_gain_ci_cancels_the_prompt_effect_both_policies_share():
 
 
 def test_kl_text_for_near_far_and_missing_peaks():
-    from scripts.frontier import kl_text
+    from scripts.studies.report.frontier import kl_text
 
     assert (kl_text(2.6912), kl_text(1.1e18), kl_text(math.inf)) == ("2.69", "> 10,000", "never")
 
@@ -240,8 +240,8 @@ def test_gao_fits_skip_curves_too_short_to_fit():
 def test_training_fits_follow_each_online_run_from_its_first_log_point():
     from pathlib import Path
 
-    from scripts.frontier import training_fits
-    from scripts.report import AgentRun
+    from scripts.studies.report.frontier import training_fits
+    from scripts.studies.report.runs import AgentRun
 
     d = np.linspace(0.0, 3.0, 10)
     gold = 0.1 + d * (0.6 - 0.2 * np.log(np.where(d > 0, d, 1.0)))  # the RL law, from gold 0.1

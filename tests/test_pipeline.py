@@ -14,8 +14,9 @@ import pytest
 
 from agents.common.logging import RunLogger
 from scripts.compare import main as compare_main
-from scripts.pipeline import Pipeline, PipelineConfig
-from scripts.report import read_scalars
+from scripts.studies.pipeline.config import PipelineConfig
+from scripts.studies.pipeline.study import Pipeline
+from scripts.studies.report.runs import read_scalars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -185,9 +186,12 @@ def test_changed_seed_reruns_every_stage_from_scratch(recorded_stages, tmp_path,
     assert trained == [(stage, False) for stage in ALL_STAGES[:-1]]  # no stale checkpoint
     assert recorded_stages[-1][0] == "evaluate"
     printed = capsys.readouterr().out
-    assert "== sft: inputs changed (seed 0 → 1), rerunning" in printed
-    assert "== judge: inputs changed (seed 1 → 2), rerunning" in printed
-    assert "== ppo: inputs changed (sft changed, reward_model changed, seed 0 → 1)" in printed
+    assert "== sft: inputs changed (agent config changed, seed 0 → 1), rerunning" in printed
+    assert "== judge: inputs changed (agent config changed, seed 1 → 2), rerunning" in printed
+    assert (
+        "== ppo: inputs changed (sft changed, reward_model changed, agent config changed, "
+        "seed 0 → 1)"
+    ) in printed
 
 
 def test_changed_betas_rerun_only_methods_and_evaluate(recorded_stages, tmp_path, capsys):
@@ -202,6 +206,35 @@ def test_changed_betas_rerun_only_methods_and_evaluate(recorded_stages, tmp_path
     assert "== evaluate: inputs changed (ppo-beta0.2 changed, dpo-beta0.2 changed)" in printed
 
 
+def test_changed_agent_default_or_preset_reruns_that_method(
+    recorded_stages, tmp_path, capsys, monkeypatch
+):
+    """A stage's key holds the fingerprint of the agent config it builds: a new default in the
+    agent's config class (a release) or an edited tiny-model preset reruns that method's stage
+    (and the evaluation), nothing else."""
+    import dataclasses
+
+    import agents.ppo
+    from agents.presets import TINY_MODEL_OPTIONS
+
+    run_stages(tmp_path)
+    recorded_stages.clear()
+    capsys.readouterr()
+
+    @dataclasses.dataclass
+    class PPOConfig(agents.ppo.PPOConfig):  # the same class name, one default changed
+        epochs: int = agents.ppo.PPOConfig.epochs + 1
+
+    monkeypatch.setattr(agents.ppo, "PPOConfig", PPOConfig)
+    run_stages(tmp_path)
+    assert [stage for stage, _ in recorded_stages] == ["ppo", "evaluate"]
+    assert "== ppo: inputs changed (agent config changed), rerunning" in capsys.readouterr().out
+    recorded_stages.clear()
+    monkeypatch.setitem(TINY_MODEL_OPTIONS, "dpo", {"optim.learning_rate": 1e-4})
+    run_stages(tmp_path)
+    assert [stage for stage, _ in recorded_stages] == ["dpo", "evaluate"]
+
+
 @pytest.mark.parametrize("seed, resumed", [(0, True), (1, False)])
 def test_unfinished_stage_resumes_only_with_the_same_inputs(
     recorded_stages, tmp_path, capsys, seed, resumed
@@ -214,7 +247,8 @@ def test_unfinished_stage_resumes_only_with_the_same_inputs(
     expected = (
         "unfinished earlier with the same inputs, resuming"
         if resumed
-        else "inputs changed (sft changed, reward_model changed, seed 0 → 1), rerunning"
+        else "inputs changed (sft changed, reward_model changed, agent config changed, seed 0 → 1),"
+        " rerunning"
     )
     assert f"== ppo: {expected}\n" in capsys.readouterr().out
 

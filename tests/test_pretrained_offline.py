@@ -192,7 +192,16 @@ def test_reward_model_trains_on_conversational_pairs(pretrained_llama, chat_data
     rows = read_rows(chat_data["pairs"])
     prompts = [r["prompt"] for r in rows]
     batch = trainer.encode(prompts[:1], [rows[0]["chosen"]])  # no EOS after the end of turn
-    assert batch["input_ids"][0].tolist() == chat_ids(tok, rows[0]["prompt"] + rows[0]["chosen"])
+    full = chat_ids(tok, rows[0]["prompt"] + rows[0]["chosen"])
+    assert tok.decode(full[-2:]) == "<|im_end|>\n"  # ChatML: a newline after the end of turn
+    assert batch["input_ids"][0].tolist() == full[:-1]  # scored at the end-of-turn token ...
+    from reward_models.learned import encode_texts
+
+    rendered = tok.apply_chat_template(
+        rows[0]["prompt"], tokenize=False, add_generation_prompt=True
+    )
+    env_batch = encode_texts(tok, [rendered], [rows[0]["chosen"][0]["content"]], 64)
+    assert env_batch["input_ids"][0].tolist() == full[:-1]  # ... where the env's scorer reads it
 
     def accuracy() -> float:
         with torch.no_grad():

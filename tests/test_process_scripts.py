@@ -13,7 +13,7 @@ import torch
 import llm_env
 from reward_models import load_reward_model
 from scripts import cli
-from scripts.process_study import step_auc
+from scripts.studies.process.study import step_auc
 from tests.tiny_options import tiny_model_argv
 
 TASK = ["--task", "arithmetic_chain", "--task-kwargs", '{"num_terms": 3, "max_operand": 9}']

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from scripts.report import FailureThresholds, baseline_of, failure_report, failures, write_report
+from scripts.studies.report.failures import FailureThresholds, baseline_of, failure_report, failures
+from scripts.studies.report.writer import write_report
 
 SFT = {"name": "sft", "kl_ref": 0.0, "length": 16.0, "lexicon_fraction": 0.98,
        "unique_fraction": 0.9, "distinct_2": 0.40, "judge_ppl": 10.0,

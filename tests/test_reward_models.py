@@ -63,7 +63,7 @@ def test_a_directory_that_is_not_a_reward_model(tmp_path):
 
 def test_scoring_text_loads_no_training_code():
     """Scorers score, trainers train: importing the reward models (learned scorer included)
-    loads nothing from ``agents`` or ``peft``, and no file in ``reward_models/`` imports
+    loads nothing from ``agents`` or ``peft`` nor the env's code, and no file in ``reward_models/`` imports
     ``agents``. (``accelerate`` is imported by ``transformers.modeling_utils`` itself.)"""
     import re
     import subprocess
@@ -71,11 +71,14 @@ def test_scoring_text_loads_no_training_code():
     from pathlib import Path
 
     code = (
-        "import sys, reward_models, reward_models.learned\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'agents', 'peft'}))"
+        "import sys, reward_models, reward_models.learned, reward_models.prm\n"
+        "import reward_models.implicit\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'agents', 'peft'}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('llm_env')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    # nor does it run the env package: its re-exports load on first use, the tokenizer alone
+    assert out.stdout.split("\n")[:2] == ["[]", "['llm_env', 'llm_env.tokenizer']"]
     package = Path(__file__).resolve().parents[1] / "reward_models"
     importers = [
         f.name

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.report import read_scalars
 from scripts.sb3_baseline import SayReward, train
+from scripts.studies.report.runs import read_scalars
 
 
 def test_say_reward_by_hand():

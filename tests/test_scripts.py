@@ -32,7 +32,7 @@ from scripts import (
     sb3_baseline,
     sft,
 )
-from scripts.options import check_writable
+from scripts.studies.stages import check_writable
 from tests.tiny_options import tiny_model_argv
 
 TASK = ["--task", "arithmetic", "--task-kwargs", '{"max_operand": 9}']

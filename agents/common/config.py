@@ -10,8 +10,11 @@ option groups it uses as fields: ``optim: OptimConfig``, ``sampling: SamplingCon
 Command line: every field becomes ``--field-name`` with its one-line docstring (the string
 literal right below the field) as ``--help`` text. A nested group's fields become options of
 their own, flat (``--learning-rate``, ``--temperature``) or with the group's prefix
-(``--lora-r``), as declared by ``group(...)``. Library code only builds parsers; the scripts
-call ``parse_args``.
+(``--lora-r``), as declared by ``group(...)``. Field types: ``int``, ``float``, ``str``,
+``bool`` (``--quick`` / ``--no-quick``), ``X | None`` (``none`` on the command line),
+``Literal[...]`` (argparse ``choices``, listed in ``--help``), and ``tuple[X, ...]`` /
+``list[X]`` (``--betas 0.1 0.3``, or comma-separated ``--betas 0.1,0.3``). Library code only
+builds parsers; the scripts call ``parse_args``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import inspect
 import json
 import math
 import textwrap
+import types
 import typing
 from collections.abc import Callable
 from functools import cache
@@ -75,6 +79,28 @@ def check_choice(name: str, value: Any, choices: typing.Iterable[str]) -> None:
     choices = sorted(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_literals(config: Any, prefix: str = "") -> None:
+    """Every ``Literal[...]`` field of the dataclass ``config`` (also ``Literal[...] | None``,
+    and tuples or lists of a ``Literal``) holds one of its choices, else a ``ValueError`` naming
+    the field (``prefix`` + name, as on the command line: ``"lora_"``), the value and the
+    choices. Call it in ``__post_init__``; the command line checks the same choices."""
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        annotation, optional = _optional(hints[f.name])
+        value, name = getattr(config, f.name), prefix + f.name
+        sequence = _sequence(annotation)
+        choices = _literal(sequence[1] if sequence else annotation)
+        if choices is None or (optional and value is None):
+            continue
+        if not sequence:
+            check_choice(name, value, choices)
+            continue
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be a {sequence[0].__name__}, got {value!r}")
+        for item in value:
+            check_choice(name, item, choices)
 
 
 # -- the groups every agent composes -------------------------------------------------------------
@@ -206,22 +232,86 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _parser_type(annotation) -> tuple[Callable, bool]:
-    """(converter, optional) for a field annotation such as ``int``, ``float | None``, ``str``."""
+_ITEM_NAMES = {int: "an int", float: "a float", str: "a string", _bool: "true/false"}
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The field annotations of ``cls`` evaluated (``from __future__ import annotations`` makes
+    them strings), names looked up in the globals of the module defining each class."""
+    return typing.get_type_hints(cls)
+
+
+def _optional(annotation: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None`` or ``Optional[X]``, else ``(annotation, False)``."""
     args = typing.get_args(annotation)
-    optional = type(None) in args
-    if args:
-        annotation = next(a for a in args if a is not type(None))
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    if union and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return annotation, False
+
+
+def _literal(annotation: Any) -> tuple | None:
+    """The choices of ``Literal[...]``, else ``None``."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+
+
+def _sequence(annotation: Any) -> tuple[type, Any] | None:
+    """``(tuple, X)`` for ``tuple[X, ...]``, ``(list, X)`` for ``list[X]``, else ``None``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return tuple, args[0]
+    if origin is list and len(args) == 1:
+        return list, args[0]
+    return None
+
+
+def _scalar(annotation: Any) -> tuple[Callable[[str], Any], tuple | None]:
+    """``(converter, choices)`` for ``int``, ``float``, ``str``, ``bool`` or a ``Literal`` of
+    strings or of integers."""
+    choices = _literal(annotation)
+    if choices is not None and {type(c) for c in choices} in ({str}, {int}):
+        return type(choices[0]), choices
     if annotation is bool:
-        return _bool, optional
+        return _bool, None
     if annotation in (int, float, str):
-        return annotation, optional
+        return annotation, None
     raise TypeError(f"no command-line conversion for field type {annotation!r}")
+
+
+class _SequenceAction(argparse.Action):
+    """A tuple or list option: values space- or comma-separated (``--betas 0.1 0.3``,
+    ``--betas 0.1,0.3``, ``--betas 0.1, 0.3``), each converted and checked against the item
+    choices; ``none`` alone is ``None`` for an optional field, an empty string an empty one."""
+
+    def __init__(self, option_strings, dest, kind, convert, choices, optional, **kwargs):
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+        self.kind, self.convert, self.item_choices = kind, convert, choices
+        self.optional = optional
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [item.strip() for value in values for item in value.split(",")]
+        if self.optional and [item.lower() for item in items] == ["none"]:
+            setattr(namespace, self.dest, None)
+            return
+        setattr(namespace, self.dest, self.kind(self._item(i) for i in items if i))
+
+    def _item(self, text: str) -> Any:
+        try:
+            value = self.convert(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentError(
+                self, f"{text!r} is not {_ITEM_NAMES[self.convert]}"
+            ) from None
+        if self.item_choices is not None and value not in self.item_choices:
+            choices = ", ".join(map(str, self.item_choices))
+            raise argparse.ArgumentError(self, f"{text!r} is not one of {choices}")
+        return value
 
 
 def _fields(cls: type, prefix: str = "", path: str = "", defaults: Any = None) -> list[tuple]:
     """``(option name, dotted field path, annotation, default, doc)`` of every leaf field."""
-    docs, hints, out = field_docs(cls), typing.get_type_hints(cls), []
+    docs, hints, out = field_docs(cls), _hints(cls), []
     for f in dataclasses.fields(cls):
         if defaults is not None:
             default = getattr(defaults, f.name)
@@ -238,6 +328,19 @@ def _fields(cls: type, prefix: str = "", path: str = "", defaults: Any = None) -
     return out
 
 
+def _metavar(convert: Callable, choices: tuple | None, optional: bool) -> str:
+    if choices is not None:
+        return "{" + ",".join(map(str, choices + (("none",) if optional else ()))) + "}"
+    return {_bool: "BOOL"}.get(convert, convert.__name__.upper())
+
+
+def _shown(default: Any) -> Any:
+    """A default as ``--help`` shows it: a tuple or list as it is typed (``0.1 0.3``)."""
+    if isinstance(default, (tuple, list)):
+        return " ".join(map(str, default)) or "empty"
+    return default
+
+
 def add_dataclass_args(
     parser: argparse.ArgumentParser, cls: type, title: str | None = None
 ) -> None:
@@ -245,9 +348,26 @@ def add_dataclass_args(
     field's default."""
     group_ = parser.add_argument_group(title or cls.__name__)
     for name, dest, annotation, default, doc in _fields(cls):
-        convert, optional = _parser_type(annotation)
+        annotation, optional = _optional(annotation)
         flag, dest = f"--{name.replace('_', '-')}", "cfg:" + dest
-        text = f"{doc} (default: {default})"
+        sequence = _sequence(annotation)
+        text = f"{doc} (default: {_shown(default)})"
+        if sequence:
+            convert, choices = _scalar(sequence[1])
+            group_.add_argument(
+                flag,
+                dest=dest,
+                action=_SequenceAction,
+                kind=sequence[0],
+                convert=convert,
+                choices=choices,
+                optional=optional,
+                default=default,
+                metavar=_metavar(convert, choices, False),
+                help=text,
+            )
+            continue
+        convert, choices = _scalar(annotation)
         if convert is _bool and not optional:
             group_.add_argument(
                 flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text
@@ -257,9 +377,18 @@ def add_dataclass_args(
         def parse(text: str, convert=convert, optional=optional):
             return None if optional and text.lower() == "none" else convert(text)
 
-        metavar = {_bool: "BOOL"}.get(convert, convert.__name__.upper())
+        parse.__name__ = convert.__name__  # argparse's "invalid int value: 'x'"
+        metavar = _metavar(convert, choices, optional)
+        if choices is not None and optional:
+            choices += (None,)
         group_.add_argument(
-            flag, dest=dest, type=parse, default=default, metavar=metavar, help=text
+            flag,
+            dest=dest,
+            type=parse,
+            choices=choices,
+            default=default,
+            metavar=metavar,
+            help=text,
         )
 
 
@@ -274,11 +403,20 @@ def build_config(cls: type, values: dict[str, Any]) -> Any:
     """``cls`` from flat ``{"field": v, "group.field": v}`` values; a group's fields not in
     ``values`` keep the defaults of ``cls``'s own factory for it (GRPO's ``kl`` group keeps its
     k3 estimator when only ``kl.beta`` is given)."""
-    hints, kwargs = typing.get_type_hints(cls), {}
+    hints, kwargs = _hints(cls), {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             inner = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f.name + ".")}
+            group_hints = _hints(hints[f.name])
+            inner = {k: _container(group_hints.get(k), v) for k, v in inner.items()}
             kwargs[f.name] = dataclasses.replace(f.default_factory(), **inner)
         elif f.name in values:
-            kwargs[f.name] = values[f.name]
+            kwargs[f.name] = _container(hints[f.name], values[f.name])
     return cls(**kwargs)
+
+
+def _container(annotation: Any, value: Any) -> Any:
+    """A list or tuple given for a ``tuple[X, ...]`` or ``list[X]`` field as that container
+    (the items are the field's validator's to check); any other value as it is."""
+    sequence = _sequence(_optional(annotation)[0])
+    return sequence[0](value) if sequence and isinstance(value, (tuple, list)) else value

@@ -1,6 +1,6 @@
 """The KL study's report: the markdown table with one finding per row, and the plot.
 
-Takes the ``results`` dict ``scripts.kl_study`` writes to ``kl_study.json``: ``a`` (the gradient
+Takes the ``results`` dict ``scripts.studies.kl.study.run`` writes to ``kl_study.json``: ``a`` (the gradient
 study along the reward-ascent path, ``2_token`` and ``1_token``), ``b`` (the GRPO runs per
 "k/placement", one dict per seed), ``seeds``, ``argv``, ``completions``.
 """

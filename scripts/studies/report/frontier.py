@@ -2,7 +2,7 @@
 
 - ``best_of_n_curves`` samples N completions for each held-out prompt from the SFT policy through
   the env and scores them with the gold and (if any) the learned reward; best-of-n for n = 1, 2,
-  4, …, N is then exact arithmetic (``agents.common.overoptimisation``): no training, analytic
+  4, …, N is then exact arithmetic (``scripts.studies.overoptimisation``): no training, analytic
   KL log n − (n − 1)/n.
 - ``frontier_section`` reads the held-out evaluations (one per method and β, named
   ``<method>-beta<β>``), draws ``frontier.png`` (each method's points connected in order of KL,
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.common.overoptimisation import best_of_n_kl, best_of_n_values, gao_fit
+from agents.registry import names
+from scripts.studies.overoptimisation import best_of_n_kl, best_of_n_values, gao_fit
+from scripts.studies.report.plots import _pyplot, color_of, finish_axes
 
 BETA_NAME = re.compile(r"^(?P<method>.+)-beta(?P<beta>[0-9.eE+-]+)$")
 
@@ -197,9 +199,6 @@ def gao_fits(groups: dict[str, list[dict]], bon: dict | None, sft_gold: float) -
     return fits
 
 
-ONLINE_AGENTS = ("ppo", "reinforce", "grpo")
-
-
 def training_fits(runs) -> tuple[dict, list[str]]:
     """Gao et al.'s RL form along training, as in the paper: for every online run that optimised
     the learned reward, the gold reward of its training samples at each log point, as a gain over
@@ -208,7 +207,7 @@ def training_fits(runs) -> tuple[dict, list[str]]:
     peak and end, and the learned reward at both."""
     fits, rows = {}, []
     for run in runs:
-        if run.agent not in ONLINE_AGENTS or "gold" in run.name:
+        if run.agent not in names(kind="online") or "gold" in run.name:
             continue
         kl = dict(run.scalars.get("kl/ref", []))
         learned = dict(run.scalars.get("reward/train", []))
@@ -295,8 +294,6 @@ def fit_lines(fits: dict, measured: dict[str, list[tuple]]) -> list[str]:
 def plot_frontiers(
     groups: dict[str, list[dict]], bon: dict | None, sft: dict | None, path: Path
 ) -> None:
-    from scripts.report import _pyplot, color_of, finish_axes
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for method, points in groups.items():
@@ -328,8 +325,6 @@ def plot_frontiers(
 def plot_law(
     fits: dict, groups: dict[str, list[dict]], bon: dict | None, sft_gold: float, path: Path
 ) -> None:
-    from scripts.report import _pyplot, color_of, finish_axes
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for name, fit in fits.items():
@@ -364,7 +359,7 @@ def frontier_section(
 ) -> tuple[list, dict]:
     """The report's frontier section (markdown lines) and its ``results.json`` entries; draws
     ``frontier.png`` and, when there is something to fit, ``overoptimisation_law.png``.
-    ``runs``: the agents' runs (``scripts.report.AgentRun``), for the fits along training."""
+    ``runs``: the agents' runs (``runs.AgentRun``), for the fits along training."""
     groups = method_points(evals)
     sft = next((e for e in evals if e["name"] == "sft"), None)
     plot_frontiers(groups, bon, sft, out_dir / "frontier.png")

@@ -1,0 +1,1 @@
+"""The RLHF-vs-DPO study: options, presets and sizes (``config``), the stages (``study``)."""

@@ -1,0 +1,1 @@
+"""Do process rewards help PPO? The study (``study``) and its report (``report``)."""
