@@ -11,10 +11,21 @@ surrogate. The choices that distinguish the variants are named config fields:
   unbiased sample standard deviation, as in TRL.
 - ``loss_type`` (how token losses become one number): ``"grpo"`` token mean per sequence, then
   mean over sequences; ``"dapo"`` token sum over the minibatch's token count (Yu et al. 2025);
-  ``"dr_grpo"`` token sum over the constant (sequences × max_new_tokens) (Liu et al. 2025).
+  ``"dr_grpo"`` token sum over the constant (sequences × max_new_tokens) (Liu et al. 2025);
+  ``"cispo"`` CISPO's objective sg(min(ρ, ε_max))·A·log π_θ (MiniMax-M1, Chen et al. 2025) in
+  place of the clipped surrogate, aggregated as ``"dapo"`` (as TRL); ε_max is
+  ``cispo_max_weight``, an absolute cap on the weight (``losses.cispo_objective``).
+- ``importance_sampling_level``: ``"token"`` one ratio ρ_t per token; ``"sequence"`` GSPO's
+  s_i = exp(mean_t log ρ_t) (Zheng et al. 2025), one clipped ratio shared by a sequence's tokens.
 - ``clip_eps_low`` / ``clip_eps_high``: the PPO clip with DAPO's "clip-higher" ε_high > ε_low;
-  ``num_iterations`` μ inner passes over each batch, the importance ratio taken against the
-  sampling policy (GRPO's μ; TRL's ``num_iterations``).
+  unset (None), they take the level's default: 0.2 / 0.2 per token, GSPO's 3e-4 / 4e-4 per
+  sequence (its mean log-ratio moves far less than one token's). ``num_iterations`` μ inner
+  passes over each batch, the importance ratio taken against the sampling policy (GRPO's μ;
+  TRL's ``num_iterations``).
+- ``entropy_coef``: −entropy_coef·(token mean of π_θ's exact entropy over the tokenizer's
+  vocabulary) is added to the loss. ``top_entropy_quantile`` ρ (Wang et al. 2025; TRL's): only
+  the share ρ of the batch's loss tokens with the highest entropy (the sampling policy's,
+  pooled over processes) carry the policy term; the KL and entropy terms keep every token.
 - ``kl_placement``: ``"reward"`` folds −β·Σ_t k(y_t) into each completion's return before the
   group advantage (the RLHF placement, as REINFORCE/PPO here); ``"loss"`` adds β·k per token to
   the loss, with gradients (GRPO's placement). ``kl.kl_estimator`` picks k1/k2/k3 (``kl.py``).
@@ -49,7 +60,15 @@ from agents.common.config import (
 )
 from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
 from agents.common.lora import LoraOptions, trainable_parameters
-from agents.common.losses import clipped_surrogate
+from agents.common.losses import (
+    cispo_objective,
+    clip_objective,
+    entropy_bonus,
+    entropy_of,
+    high_entropy_mask,
+    sequence_log_ratio,
+    token_log_ratio,
+)
 from agents.common.online import (
     PromptBudget,
     RolloutScores,
@@ -120,7 +139,20 @@ AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor
     "grpo": aggregate_grpo,
     "dapo": aggregate_dapo,
     "dr_grpo": aggregate_dr_grpo,
+    "cispo": aggregate_dapo,
 }
+
+# -- the policy term: loss_type → per-token objective, importance level → log-ratio ----------------
+
+OBJECTIVES = {
+    "grpo": clip_objective,
+    "dapo": clip_objective,
+    "dr_grpo": clip_objective,
+    "cispo": cispo_objective,
+}
+IMPORTANCE_LEVELS = {"token": token_log_ratio, "sequence": sequence_log_ratio}
+CLIP_EPS_DEFAULTS = {"token": (0.2, 0.2), "sequence": (3e-4, 4e-4)}
+"""(ε_low, ε_high) where the config leaves them unset; per sequence GSPO's (§5.1)."""
 
 
 def soft_overlong_penalty(
@@ -161,11 +193,23 @@ class GRPOConfig(AgentConfig):
     advantage_eps: float = 1e-4
     """ε added to the standard deviation of the advantage."""
     loss_type: str = "grpo"
-    """Aggregation: grpo (sequence mean) | dapo (token mean) | dr_grpo (constant)."""
-    clip_eps_low: float = 0.2
-    """ε_low: the ratio is clipped below at 1 − ε_low."""
-    clip_eps_high: float = 0.2
-    """ε_high: the ratio is clipped above at 1 + ε_high (DAPO's clip-higher: 0.28)."""
+    """Aggregation: grpo (sequence mean) | dapo (token mean) | dr_grpo (constant) | cispo (CISPO's
+    objective, token mean)."""
+    importance_sampling_level: str = "token"
+    """Importance ratio: token (one per token) | sequence (GSPO: one per sequence)."""
+    clip_eps_low: float | None = None
+    """ε_low: the ratio is clipped below at 1 − ε_low (None: 0.2 per token, 3e-4 per sequence)."""
+    clip_eps_high: float | None = None
+    """ε_high: the ratio is clipped above at 1 + ε_high (None: 0.2 per token, 4e-4 per sequence;
+    DAPO's clip-higher: 0.28)."""
+    cispo_max_weight: float = 5.0
+    """loss_type=cispo: ε_max, the absolute cap on the importance weight min(ρ, ε_max) (TRL);
+    cispo ignores clip_eps_low/high."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: −entropy_coef × the token mean of the policy's entropy (0 = none)."""
+    top_entropy_quantile: float = 1.0
+    """ρ: only the share ρ of the batch's tokens with the highest entropy carry the policy loss
+    (1 = all tokens; the Wang et al. 2025 paper uses 0.2)."""
     kl_placement: str = "loss"
     """Where β·KL goes: loss (GRPO: β·k per token in the loss) | reward (−β·Σk in the return)."""
     dynamic_sampling: bool = False
@@ -193,13 +237,30 @@ class GRPOConfig(AgentConfig):
         check_choice("scale_rewards", self.scale_rewards, ADVANTAGES)
         check_positive("advantage_eps", self.advantage_eps, float, allow_zero=True)
         check_choice("loss_type", self.loss_type, AGGREGATIONS)
-        check_range("clip_eps_low", self.clip_eps_low, 0.0, 1.0, "(]")
-        check_positive("clip_eps_high", self.clip_eps_high, float)
+        check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_LEVELS)
+        if self.clip_eps_low is not None:
+            check_range("clip_eps_low", self.clip_eps_low, 0.0, 1.0, "(]")
+        if self.clip_eps_high is not None:
+            check_positive("clip_eps_high", self.clip_eps_high, float)
+        check_positive("cispo_max_weight", self.cispo_max_weight, float)
+        check_positive("entropy_coef", self.entropy_coef, float, allow_zero=True)
+        check_range("top_entropy_quantile", self.top_entropy_quantile, 0.0, 1.0, "(]")
         check_choice("kl_placement", self.kl_placement, ("loss", "reward"))
         check_positive("max_sampling_rounds", self.max_sampling_rounds)
         check_choice("overlong", self.overlong, ("none", "soft_penalty", "mask"))
         check_positive("overlong_buffer", self.overlong_buffer)
         check_positive("overlong_penalty", self.overlong_penalty, float, allow_zero=True)
+
+    def ratio_bounds(self) -> tuple[float, float]:
+        """The bounds on the importance ratio: PPO's clip (1 − ε_low, 1 + ε_high), an unset ε
+        taking ``importance_sampling_level``'s default (resolved here, not on construction, so
+        ``dataclasses.replace`` of the level keeps it unset); for cispo (0, cispo_max_weight)."""
+        if self.loss_type == "cispo":
+            return 0.0, self.cispo_max_weight
+        default_low, default_high = CLIP_EPS_DEFAULTS[self.importance_sampling_level]
+        low = default_low if self.clip_eps_low is None else self.clip_eps_low
+        high = default_high if self.clip_eps_high is None else self.clip_eps_high
+        return 1.0 - low, 1.0 + high
 
 
 class GRPO(PromptBudget, Agent):
@@ -286,7 +347,11 @@ class GRPO(PromptBudget, Agent):
         advantages = ADVANTAGES[cfg.scale_rewards](roll.grouped(returns), cfg.advantage_eps)
         advantages = advantages.flatten()
         loss_mask = mask * roll.terminated.float()[:, None] if cfg.overlong == "mask" else mask
-        train_stats = self._update(roll, scores, advantages, loss_mask, beta, single)
+        keep, kept = None, {}
+        if cfg.top_entropy_quantile < 1:
+            keep = self._high_entropy_tokens(scores.entropy, loss_mask)
+            kept = {"grpo/entropy_kept_fraction": masked_mean(keep, loss_mask).item()}
+        train_stats = self._update(roll, scores, advantages, loss_mask, beta, single, keep)
         metrics = rollout_metrics(roll, scores)
         if self.ref is not None:
             update_kl_controller(self, metrics)
@@ -299,7 +364,15 @@ class GRPO(PromptBudget, Agent):
             "grpo/dropped_fraction": dropped,
             "grpo/zero_std_fraction": zero_std,
             "grpo/advantage_abs": advantages.abs().mean().item(),
+            **kept,
         }
+
+    def _high_entropy_tokens(self, entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) 1.0 on the ``mask`` tokens among the top ``top_entropy_quantile`` by
+        ``entropy``, the quantile taken over every process's tokens (``high_entropy_mask``)."""
+        shards = self.dist.gather_object(entropy[mask > 0].cpu())
+        pool = torch.cat(shards).to(entropy.device)
+        return high_entropy_mask(entropy, mask, self.config.top_entropy_quantile, pool)
 
     def _single_pass_applies(self, n: int) -> bool:
         """μ = 1 and the ``n`` sequences are one minibatch (see ``_single_pass``)."""
@@ -318,9 +391,12 @@ class GRPO(PromptBudget, Agent):
                                     roll.prompt_width, self.precision, self.vocab_size)  # fmt: skip
         return order, logits, training_forward_scores(self, roll, order, logits.detach())
 
-    def _update(self, roll, scores, advantages, loss_mask, beta, single=None) -> dict[str, float]:
+    def _update(
+        self, roll, scores, advantages, loss_mask, beta, single=None, keep=None
+    ) -> dict[str, float]:
         """μ passes of shuffled minibatches; each is one optimiser step. Returns mean stats.
-        ``single``: ``_single_pass``'s order and logits, the one minibatch's forward done."""
+        ``single``: ``_single_pass``'s order and logits, the one minibatch's forward done;
+        ``keep``: (B, T) the tokens that carry the policy term (None: all)."""
         cfg = self.config
         tokens, totals, n = roll.completion_ids, {}, 0
         for _ in range(cfg.num_iterations):
@@ -336,7 +412,8 @@ class GRPO(PromptBudget, Agent):
                 log_probs = F.log_softmax(process_logits(logits, self.sampling), dim=-1)
                 m = loss_mask[idx]
                 logprobs = masked_token_logprobs(log_probs, tokens[idx], m)
-                loss, stats = self._loss(logprobs, scores, advantages, idx, m, beta)
+                entropy = entropy_of(log_probs, log_probs.exp()) if cfg.entropy_coef else None
+                loss, stats = self._loss(logprobs, entropy, scores, advantages, idx, m, beta, keep)
                 self._check_finite("loss/total", loss.detach())
                 loss.backward()
                 stats.update(self._apply_gradients("policy"))
@@ -345,14 +422,19 @@ class GRPO(PromptBudget, Agent):
                 n += 1
         return {k: v / n for k, v in totals.items()}
 
-    def _loss(self, logprobs, scores, advantages, idx, mask, beta):
-        """The minibatch's loss: −clipped surrogate (+ β·k per token with kl_placement="loss"),
-        aggregated by ``loss_type``."""
+    def _loss(self, logprobs, entropy, scores, advantages, idx, mask, beta, keep=None):
+        """The minibatch's loss: −(``loss_type``'s objective on ``importance_sampling_level``'s
+        ratio, on the ``keep`` tokens only) + β·k per token with kl_placement="loss", aggregated
+        by ``loss_type``; then − entropy_coef × the token mean of ``entropy`` (B, T)."""
         cfg = self.config
-        objective, ratio, _ = clipped_surrogate(
-            logprobs, scores.logprobs[idx], advantages[idx, None], cfg.clip_eps_low,
-            cfg.clip_eps_high,
-        )  # fmt: skip
+        log_ratio = IMPORTANCE_LEVELS[cfg.importance_sampling_level](
+            logprobs, scores.logprobs[idx], mask
+        )
+        objective, ratio, clipped_low, clipped_high = OBJECTIVES[cfg.loss_type](
+            log_ratio, logprobs, advantages[idx, None], *cfg.ratio_bounds()
+        )
+        if keep is not None:
+            objective = objective * keep[idx]
         token_losses = -objective
         aggregate = AGGREGATIONS[cfg.loss_type]
         stats = {}
@@ -361,11 +443,13 @@ class GRPO(PromptBudget, Agent):
             token_losses = token_losses + beta * kl
             stats["loss/kl"] = aggregate(kl.detach(), mask, self.max_new_tokens).item()
         loss = aggregate(token_losses, mask, self.max_new_tokens)
+        if cfg.entropy_coef:
+            bonus, entropy_stats = entropy_bonus(entropy, mask, cfg.entropy_coef)
+            loss = loss + bonus
+            stats.update(entropy_stats)
         with torch.no_grad():
-            low = (ratio < 1 - cfg.clip_eps_low) & (advantages[idx, None] < 0)
-            high = (ratio > 1 + cfg.clip_eps_high) & (advantages[idx, None] > 0)
-            stats["policy/clipfrac_low"] = masked_mean(low.float(), mask).item()
-            stats["policy/clipfrac_high"] = masked_mean(high.float(), mask).item()
+            stats["policy/clipfrac_low"] = masked_mean(clipped_low.float(), mask).item()
+            stats["policy/clipfrac_high"] = masked_mean(clipped_high.float(), mask).item()
             stats["policy/ratio_deviation"] = masked_mean((ratio - 1).abs(), mask).item()
         policy_loss = aggregate(-objective.detach(), mask, self.max_new_tokens).item()
         return loss, {"loss/policy": policy_loss, "loss/total": loss.item(), **stats}

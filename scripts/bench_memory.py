@@ -1,4 +1,5 @@
-"""Peak memory and full model copies of PPO, REINFORCE and DPO, with and without LoRA adapters.
+"""Peak memory and full model copies of every fine-tuning method of ``agents.registry`` (PPO,
+REINFORCE, GRPO, DPO), with and without LoRA adapters.
 
 Each setup runs in a fresh subprocess: it builds a GPT-2 large enough for its weights to
 dominate memory (``--n-layer`` × ``--n-embd``, default 4 × 768, ~31M parameters), resets the
@@ -29,18 +30,24 @@ import tempfile
 from pathlib import Path
 
 import llm_env
-from agents.common.lora import BaseWeightsReference, LoraOptions
+from agents.common.lora import BaseWeightsReference
 from agents.common.policy import set_num_threads
-from agents.dpo import DPO, DPOConfig
-from agents.ppo import PPO, PPOConfig
-from agents.presets import tiny_model_config
-from agents.reinforce import Reinforce, ReinforceConfig
+from agents.registry import agent_spec, names
 from llm_env.tasks import make_task
 from scripts.options import parse_args_with_smoke
+from scripts.studies.factory import make_agent, study_config
 
 SMOKE = {"n_layer": 1, "n_embd": 64, "iterations": 1, "threads": 1}
 
-SETUPS = ("ppo-full", "ppo-lora", "reinforce-full", "reinforce-lora", "dpo-full", "dpo-lora")
+# Each method's batch: PPO and REINFORCE 8 completions per iteration (REINFORCE and GRPO as 2
+# prompts × 4 samples), DPO 4 pairs per step.
+SIZES = {
+    "ppo": {"batch_size": 8, "minibatch_size": 4, "epochs": 2},
+    "reinforce": {"batch_size": 2, "k": 4, "minibatch_size": 8},
+    "grpo": {"batch_size": 2, "group_size": 4, "minibatch_size": 8},
+    "dpo": {"batch_size": 4, "eval_prompts": 0, "max_length": 32, "save_every": 1000},
+}
+SETUPS = tuple(f"{m}-{mode}" for m in names(role="method") for mode in ("full", "lora"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,7 +80,7 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict:
     """Build and train one setup in this process; return its measurements."""
     set_num_threads(args.threads)
     agent_name, mode = setup.split("-")
-    lora = {"lora": LoraOptions(r=args.lora_r)} if mode == "lora" else {}
+    lora = {"lora.r": args.lora_r} if mode == "lora" else {}
     task = make_task("sentiment")
     tokenizer = task.tokenizer()
     policy = llm_env.tiny_gpt2(
@@ -81,35 +88,24 @@ def run_setup(setup: str, args: argparse.Namespace) -> dict:
     )
     one_model = sum(p.numel() * p.element_size() for p in policy.parameters())
     env = {"task": "sentiment", "max_new_tokens": 8}
-    online = dict(save_every=0, log_every=1)
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-memory-{setup}-"))
-    common = dict(precision="fp32", seed=0, **lora)
+    common = {"precision": "fp32", "seed": 0, **lora}
     base_rss = rss_mib("VmRSS")
     reset_peak_rss()
-    if agent_name == "dpo":
+    options = {**common, **SIZES[agent_name], "log_every": 1}
+    if agent_spec(agent_name).kind == "offline":  # DPO on fixed pairs
         prompts = task.prompts("train")[:64]
         pairs = [(p, " a lovely, warm film", " a dull and tiring mess") for p in prompts]
-        config = tiny_model_config(
-            "dpo", DPOConfig, batch_size=4, max_steps=args.iterations, eval_prompts=0,
-            max_length=32,
-            log_every=1, save_every=1000, **common,
-        )  # fmt: skip
-        agent = DPO(policy, tokenizer, pairs, config, run_dir)
+        config = study_config(agent_name, {**options, "max_steps": args.iterations})
+        agent = make_agent(agent_name, policy, tokenizer, pairs, config, run_dir)
         agent.learn()
-        models = [agent.policy, agent.reference_model()]
-        trainable = [agent.policy]
+        models, trainable = [agent.policy, agent.reference_model()], [agent.policy]
     else:
-        if agent_name == "ppo":
-            config = tiny_model_config("ppo", PPOConfig, batch_size=8, minibatch_size=4,
-                                       epochs=2, **online, **common)  # fmt: skip
-            agent = PPO(policy, tokenizer, env, config, run_dir)
-            models = [agent.policy, agent.ref, agent.critic]
-            trainable = [agent.policy, agent.critic]
-        else:
-            config = tiny_model_config("reinforce", ReinforceConfig, batch_size=2, k=4,
-                                       minibatch_size=8, **online, **common)  # fmt: skip
-            agent = Reinforce(policy, tokenizer, env, config, run_dir)
-            models, trainable = [agent.policy, agent.ref], [agent.policy]
+        config = study_config(agent_name, {**options, "save_every": 0})
+        agent = make_agent(agent_name, policy, tokenizer, env, config, run_dir)
+        critic = [agent.critic] if hasattr(agent, "critic") else []
+        models = [m for m in (agent.policy, agent.ref, *critic) if m is not None]  # ref: β > 0
+        trainable = [agent.policy, *critic]
         agent.learn(total_prompts=config.batch_size * args.iterations)
     peak = rss_mib("VmHWM")
     return {

@@ -120,9 +120,13 @@ def moved(agent: GRPO, before: dict[str, torch.Tensor]) -> bool:
         {"kl_placement": "reward", "kl": {"beta": 0.1, "kl_estimator": "k1"}},
         {"kl": {"beta": 0.1, "kl_estimator": "k2"}},
         {"overlong": "soft_penalty", "overlong_buffer": 2},
+        {"importance_sampling_level": "sequence", "num_iterations": 2, "minibatch_size": 16},
+        {"loss_type": "cispo", "num_iterations": 2, "minibatch_size": 16},
+        {"entropy_coef": 0.01, "top_entropy_quantile": 0.2},
     ],
-    ids=["grpo", "dr_grpo", "batch-dapo", "clip_higher-mu2", "kl_in_reward", "k2_in_loss", "soft"],
-)
+    ids=["grpo", "dr_grpo", "batch-dapo", "clip_higher-mu2", "kl_in_reward", "k2_in_loss", "soft",
+         "gspo-mu2", "cispo-mu2", "entropy"],
+)  # fmt: skip
 def test_every_option_trains_through_the_env(options, tmp_path, arithmetic_tokenizer):
     policy = llm_env.tiny_gpt2(arithmetic_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=32)
     env = {**ARITH, "reward_model": "tests.test_env_bad_input:score_by_length"}

@@ -25,6 +25,10 @@ TAGS = (
     "episode/length",
     "perf/tokens_per_s",
     "perf/seconds_per_iter",
+    "length/terminated",  # online agents: mean length of the completions ended by a stop id
+    "length/clipped_fraction",  # ... the share cut at the length limit
+    "length/rewarded",  # ... mean length of those rewarded (above the median; 1 of a 0/1 reward)
+    "length/unrewarded",  # ... and of those not
 )
 
 

@@ -87,6 +87,48 @@ def eos_rate(finish_reasons: Sequence[str]) -> float:
     )
 
 
+def length_metrics(
+    lengths: np.ndarray, terminated: np.ndarray, rewards: np.ndarray
+) -> dict[str, float]:
+    """The length picture of a batch of completions, under the tags every online agent logs.
+
+    ``lengths``: (B,) generated tokens (stop token included); ``terminated``: (B,) True where
+    the completion ended on a stop id, False where the length limit cut it; ``rewards``: (B,)
+    the reward each completion earned.
+
+    - ``length/terminated``: mean length of the completions that ended on a stop id;
+    - ``length/clipped_fraction``: share cut at the length limit;
+    - ``length/rewarded`` / ``length/unrewarded``: mean length of the rewarded / unrewarded
+      completions. When every reward is 0 or 1 (a verifier), rewarded means reward 1 and
+      unrewarded reward 0. Otherwise rewarded means reward strictly above the batch median
+      (``np.median``: the mean of the two middle values for an even count) and unrewarded
+      strictly below it; completions tied with the median count as neither.
+
+    A mean over no completion (none terminated, none rewarded, ...) is left out of the dict,
+    not NaN: the log point averages each tag over the steps that report it, and a NaN would
+    poison that average and the logs (as ``reward/gold`` is left out when unknown).
+    """
+    lengths = np.asarray(lengths, dtype=np.float64)
+    terminated = np.asarray(terminated, dtype=bool)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if not len(lengths) == len(terminated) == len(rewards):
+        raise ValueError(f"length_metrics: {len(lengths)} lengths, {len(terminated)} "
+                         f"terminated flags and {len(rewards)} rewards")  # fmt: skip
+    if len(lengths) == 0:
+        return {}
+    if np.isin(rewards, (0.0, 1.0)).all():
+        rewarded, unrewarded = rewards == 1.0, rewards == 0.0
+    else:
+        median = np.median(rewards)
+        rewarded, unrewarded = rewards > median, rewards < median
+    out = {"length/clipped_fraction": float(np.mean(~terminated))}
+    for tag, chosen in (("terminated", terminated), ("rewarded", rewarded),
+                        ("unrewarded", unrewarded)):  # fmt: skip
+        if chosen.any():
+            out[f"length/{tag}"] = float(lengths[chosen].mean())
+    return out
+
+
 def pass_at_k(correct: np.ndarray, k: int) -> float:
     """The unbiased pass@k estimator (Chen et al. 2021, eq. 1), averaged over problems:
     1 − C(n − c, k) / C(n, k) for a problem with c correct of n samples.

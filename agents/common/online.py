@@ -1,4 +1,4 @@
-"""What the online agents (PPO, REINFORCE) share, as functions: the rollout env, the frozen
+"""What the online agents (PPO, REINFORCE, GRPO) share, as functions: the rollout env, the frozen
 reference, prompt draws, the one-pass re-scoring of a rollout and the metrics every online agent
 logs. The training loop itself is ``agents.common.run.Agent``'s.
 
@@ -23,6 +23,7 @@ from agents.common.kl import exact_kl, make_kl_controller, sequence_kl_stats
 from agents.common.lora import BaseWeightsReference, is_lora, with_lora
 from agents.common.losses import entropy_of
 from agents.common.memory import enable_gradient_checkpointing
+from agents.common.metrics import length_metrics
 from agents.common.offline import stop_ids
 from agents.common.policy import (
     SamplingConfig,
@@ -223,11 +224,15 @@ def warn_if_truncating(sampling: SamplingConfig) -> None:
 
 def rollout_metrics(roll: Rollout, scores: RolloutScores) -> dict[str, float]:
     """What every online agent logs about its samples: reward, gold, KL (every estimator and
-    the exact one), entropy, length, EOS share, and ``tokens`` for throughput."""
+    the exact one), entropy of the sampled distribution, length, EOS share, the length picture
+    (``metrics.length_metrics``: by termination and by reward), and ``tokens`` for throughput."""
     mask = roll.completion_mask
     kl = {}
     if scores.ref_logprobs is not None:
         kl = sequence_kl_stats(scores.logprobs, scores.ref_logprobs, mask, scores.exact_kl)
+    lengths = length_metrics(
+        roll.lengths.cpu().numpy(), roll.terminated.cpu().numpy(), roll.rewards.cpu().numpy()
+    )
     return {
         "reward/train": roll.rewards.mean().item(),
         **gold_metric(roll),
@@ -235,6 +240,7 @@ def rollout_metrics(roll: Rollout, scores: RolloutScores) -> dict[str, float]:
         "policy/entropy": masked_mean(scores.entropy, mask).item(),
         "episode/length": roll.lengths.mean().item(),
         "episode/eos_fraction": roll.terminated.float().mean().item(),
+        **lengths,
         "tokens": float(roll.num_tokens),
     }
 
