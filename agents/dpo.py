@@ -9,7 +9,7 @@ for the KL of the evaluation points). Each step runs chosen and rejected through
 ONE concatenated, dynamically padded forward pass. At evaluation points the policy samples
 through the env, so DPO lands on the same reward/gold–kl/ref axes as PPO and REINFORCE.
 With ``lora.r > 0`` only LoRA adapters train and the reference is the policy with its adapters
-disabled (``agents.common.lora``): nothing is loaded from disk for it.
+disabled (``agents.models.lora``): nothing is loaded from disk for it.
 """
 
 from __future__ import annotations
@@ -25,27 +25,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.checkpoint import atomic_directory, checkpoint_status
-from agents.common.config import (
-    AgentConfig,
-    OptimConfig,
-    check_choice,
-    check_positive,
-    check_range,
-    group,
-)
-from agents.common.distributed import Distributed, TrainForward
-from agents.common.evaluate import evaluate
-from agents.common.lora import (
-    BaseWeightsReference,
-    LoraOptions,
-    is_lora,
-    save_policy,
-    trainable_parameters,
-    with_lora,
-)
-from agents.common.memory import enable_gradient_checkpointing
-from agents.common.offline import (
+from agents.checks import check_choice, check_positive, check_range, group
+from agents.data.offline import (
     Text,
     check_offline_options,
     encode_examples,
@@ -55,11 +36,23 @@ from agents.common.offline import (
     offline_step,
     pad_batch,
     sequence_logprobs,
-    stop_ids,
 )
-from agents.common.policy import SamplingConfig, check_same_tokenizer, to_device
-from agents.common.precision import resolve_precision
-from agents.common.run import Agent, make_optimizer
+from agents.evaluation import evaluate
+from agents.harness.checkpoint import atomic_directory, checkpoint_status
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.distributed import Distributed, TrainForward
+from agents.harness.run import Agent, make_optimizer
+from agents.models.lora import (
+    BaseWeightsReference,
+    LoraOptions,
+    is_lora,
+    save_policy,
+    trainable_parameters,
+    with_lora,
+)
+from agents.models.memory import enable_gradient_checkpointing
+from agents.models.policy import SamplingConfig, check_same_tokenizer, stop_ids, to_device
+from agents.models.precision import resolve_precision
 from llm_env.vector import TokenMDPVectorEnv
 
 REFERENCE_DIR = "reference"

@@ -49,18 +49,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.common.advantages import masked_mean
-from agents.common.config import (
-    AgentConfig,
-    OptimConfig,
-    check_choice,
-    check_positive,
-    check_range,
-    group,
-)
-from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
-from agents.common.lora import LoraOptions, trainable_parameters
-from agents.common.losses import (
+from agents.checks import check_choice, check_positive, check_range, group
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.run import Agent, make_optimizer
+from agents.maths.advantages import masked_mean
+from agents.maths.kl import KL_ESTIMATORS, KLConfig, masked_sum
+from agents.maths.losses import (
     cispo_objective,
     clip_objective,
     entropy_bonus,
@@ -69,7 +63,9 @@ from agents.common.losses import (
     sequence_log_ratio,
     token_log_ratio,
 )
-from agents.common.online import (
+from agents.models.lora import LoraOptions, trainable_parameters
+from agents.models.policy import SamplingConfig, process_logits
+from agents.sampling.online import (
     PromptBudget,
     RolloutScores,
     draw_prompts,
@@ -84,9 +80,7 @@ from agents.common.online import (
     training_forward_scores,
     update_kl_controller,
 )
-from agents.common.policy import SamplingConfig, process_logits
-from agents.common.rollout import Rollout, concat_rollouts
-from agents.common.run import Agent, make_optimizer
+from agents.sampling.rollout import Rollout, concat_rollouts
 
 # -- advantages: (prompts, G) rewards → (prompts, G) advantages ---------------------------------
 

@@ -30,33 +30,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.common.advantages import (
+from agents.checks import check_positive, check_range, group, local_dir
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.run import Agent, make_optimizer
+from agents.maths.advantages import (
     explained_variance,
     gae,
     kl_penalised_rewards,
     masked_mean,
     whiten,
 )
-from agents.common.branching import (
+from agents.maths.kl import KL_ESTIMATORS, KLConfig
+from agents.maths.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
+from agents.models.critic import ValueModel, completion_values
+from agents.models.lora import LoraOptions, trainable_parameters
+from agents.models.memory import enable_gradient_checkpointing
+from agents.models.policy import SamplingConfig, completion_logits, process_logits
+from agents.models.precision import autocast
+from agents.sampling.branching import (
     branch_values,
     discounted_returns,
     hold_step_values,
     step_start_states,
 )
-from agents.common.config import (
-    AgentConfig,
-    OptimConfig,
-    check_positive,
-    check_range,
-    group,
-    local_dir,
-)
-from agents.common.critic import ValueModel, completion_values
-from agents.common.kl import KL_ESTIMATORS, KLConfig
-from agents.common.lora import LoraOptions, trainable_parameters
-from agents.common.losses import clipped_value_loss, entropy_from_logits, ppo_clip_loss
-from agents.common.memory import enable_gradient_checkpointing
-from agents.common.online import (
+from agents.sampling.online import (
     PromptBudget,
     RolloutScores,
     init_online_agent,
@@ -69,10 +66,7 @@ from agents.common.online import (
     training_forward_scores,
     update_kl_controller,
 )
-from agents.common.policy import SamplingConfig, completion_logits, process_logits
-from agents.common.precision import autocast
-from agents.common.rollout import Rollout
-from agents.common.run import Agent, make_optimizer
+from agents.sampling.rollout import Rollout
 from reward_models.base import RewardModelError
 
 

@@ -3,7 +3,7 @@
 The agents' own defaults suit a pretrained checkpoint (learning rates of TRL's order: 1e-6 to
 1e-4); the built-in tasks train 2-layer GPT-2s from scratch, which need learning rates 10-1000x
 higher. ``TINY_MODEL_OPTIONS`` holds, per agent name, the old values of every default that
-changed, as flat options (``"optim.learning_rate"``) that ``agents.common.config.build_config``
+changed, as flat options (``"optim.learning_rate"``) that ``agents.harness.config.build_config``
 takes. Every place that trains a tiny model applies it: the pipeline, the process study, the
 fluency judge of ``tokenmdp evaluate``, ``pretrain_on_task``, the online CLIs without ``--policy``
 and ``tokenmdp sft --task``; their results are those of the old defaults, bit for bit.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from agents.common.config import build_config
+from agents.harness.config import build_config
 
 C = TypeVar("C")
 

@@ -2,7 +2,7 @@
 ``PRMTrainer``).
 
 Data: TRL's stepwise supervision, ``{"prompt", "completions": [step, ...], "labels": [bool,
-...]}`` rows (JSONL or a list of dicts; ``agents.process_labels`` samples them from a policy,
+...]}`` rows (JSONL or a list of dicts; ``agents.data.process_labels`` samples them from a policy,
 labelled by a gold step checker or by Math-Shepherd rollouts). A conversational prompt (a list
 of messages) is rendered with the tokenizer's chat template and its generation prompt; the steps
 follow it as plain text. The model is a ``transformers`` token-classification model with two
@@ -33,17 +33,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForTokenClassification
 
-from agents.common.config import (
-    AgentConfig,
-    OptimConfig,
-    check_choice,
-    check_range,
-    group,
-    local_dir,
-)
-from agents.common.distributed import Distributed
-from agents.common.memory import enable_gradient_checkpointing
-from agents.common.offline import (
+from agents.checks import check_choice, check_range, group, local_dir
+from agents.data.offline import (
     Text,
     check_offline_options,
     jsonl_rows,
@@ -51,9 +42,12 @@ from agents.common.offline import (
     offline_step,
     with_pad_token,
 )
-from agents.common.policy import to_device
-from agents.common.precision import autocast, resolve_precision
-from agents.common.run import Agent, make_optimizer
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.distributed import Distributed
+from agents.harness.run import Agent, make_optimizer
+from agents.models.memory import enable_gradient_checkpointing
+from agents.models.policy import to_device
+from agents.models.precision import autocast, resolve_precision
 from llm_env.chat import check_messages, render_text
 from llm_env.tasks.jsonl import JsonlError
 from llm_env.tokenizer import check_tokenizer, load_tokenizer

@@ -18,19 +18,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.common.advantages import masked_mean_var
-from agents.common.config import (
-    AgentConfig,
-    OptimConfig,
-    check_choice,
-    check_positive,
-    check_range,
-    group,
-)
-from agents.common.kl import KL_ESTIMATORS, KLConfig, masked_sum
-from agents.common.lora import LoraOptions, trainable_parameters
-from agents.common.losses import reinforce_loss
-from agents.common.online import (
+from agents.checks import check_choice, check_positive, check_range, group
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.run import Agent, make_optimizer
+from agents.maths.advantages import masked_mean_var
+from agents.maths.kl import KL_ESTIMATORS, KLConfig, masked_sum
+from agents.maths.losses import reinforce_loss
+from agents.models.lora import LoraOptions, trainable_parameters
+from agents.models.policy import SamplingConfig, process_logits
+from agents.sampling.online import (
     PromptBudget,
     init_online_agent,
     iteration_prompts,
@@ -43,8 +39,6 @@ from agents.common.online import (
     training_forward_scores,
     update_kl_controller,
 )
-from agents.common.policy import SamplingConfig, process_logits
-from agents.common.run import Agent, make_optimizer
 
 
 def baseline_none(returns: torch.Tensor, running_mean: float) -> torch.Tensor:

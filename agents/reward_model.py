@@ -28,10 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from agents.common.config import AgentConfig, OptimConfig, check_range, group, local_dir
-from agents.common.distributed import Distributed
-from agents.common.memory import enable_gradient_checkpointing
-from agents.common.offline import (
+from agents.checks import check_range, group, local_dir
+from agents.data.offline import (
     Text,
     check_offline_options,
     end_with_eos,
@@ -40,12 +38,14 @@ from agents.common.offline import (
     offline_step,
     render_examples,
     right_pad,
-    stop_ids,
     with_pad_token,
 )
-from agents.common.policy import to_device
-from agents.common.precision import autocast, resolve_precision
-from agents.common.run import Agent, make_optimizer
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.distributed import Distributed
+from agents.harness.run import Agent, make_optimizer
+from agents.models.memory import enable_gradient_checkpointing
+from agents.models.policy import stop_ids, to_device
+from agents.models.precision import autocast, resolve_precision
 from llm_env.tokenizer import check_tokenizer, load_tokenizer
 from reward_models.learned import NORM_FILE, sequence_scores
 

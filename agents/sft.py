@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.config import AgentConfig, OptimConfig, check_positive, check_range, group
-from agents.common.distributed import Distributed
-from agents.common.memory import enable_gradient_checkpointing
-from agents.common.offline import (
+from agents.checks import check_positive, check_range, group
+from agents.data.offline import (
     Text,
     check_offline_options,
     encode_examples,
@@ -33,11 +31,13 @@ from agents.common.offline import (
     offline_step,
     pad_batch,
     sequence_logprobs,
-    stop_ids,
 )
-from agents.common.policy import to_device
-from agents.common.precision import resolve_precision
-from agents.common.run import Agent, make_optimizer
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.distributed import Distributed
+from agents.harness.run import Agent, make_optimizer
+from agents.models.memory import enable_gradient_checkpointing
+from agents.models.policy import stop_ids, to_device
+from agents.models.precision import resolve_precision
 from agents.presets import tiny_model_config
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task

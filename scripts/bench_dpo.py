@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.common.config import OptimConfig
-from agents.common.offline import sequence_logprobs
-from agents.common.policy import load_policy, set_num_threads
+from agents.data.offline import sequence_logprobs
+from agents.data.preferences import PreferenceConfig, sample_preferences
 from agents.dpo import DPO, DPOConfig, dpo_loss
-from agents.preferences import PreferenceConfig, sample_preferences
+from agents.harness.config import OptimConfig
+from agents.harness.distributed import set_num_threads
+from agents.models.policy import load_policy
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import make_task
 from scripts.options import parse_args_with_smoke

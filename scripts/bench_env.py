@@ -15,8 +15,9 @@ import time
 import torch
 
 import llm_env
-from agents.common.policy import SamplingConfig, set_num_threads
-from agents.common.rollout import left_pad_prompts, rollout
+from agents.harness.distributed import set_num_threads
+from agents.models.policy import SamplingConfig
+from agents.sampling.rollout import left_pad_prompts, rollout
 from llm_env import TokenMDPVectorEnv
 from scripts.options import parse_args_with_smoke
 

@@ -16,11 +16,12 @@ import argparse
 import torch
 
 import llm_env
-from agents.common.config import OptimConfig
-from agents.common.online import iteration_prompts, sample
-from agents.common.policy import completion_logits, set_num_threads
-from agents.common.precision import autocast
 from agents.grpo import GRPO, GRPOConfig
+from agents.harness.config import OptimConfig
+from agents.harness.distributed import set_num_threads
+from agents.models.policy import completion_logits
+from agents.models.precision import autocast
+from agents.sampling.online import iteration_prompts, sample
 from llm_env.tasks import make_task
 from scripts.bench_ppo import timed
 from scripts.options import parse_args_with_smoke

@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 
 import llm_env
-from agents.common.lora import BaseWeightsReference
-from agents.common.policy import set_num_threads
+from agents.harness.distributed import set_num_threads
+from agents.models.lora import BaseWeightsReference
 from agents.registry import agent_spec, names
 from llm_env.tasks import make_task
 from scripts.options import parse_args_with_smoke

@@ -19,13 +19,14 @@ import time
 import torch
 
 import llm_env
-from agents.common.critic import completion_values
-from agents.common.online import draw_prompts
-from agents.common.policy import completion_logits, set_num_threads
-from agents.common.precision import autocast
-from agents.common.rollout import left_pad_prompts, rollout
+from agents.harness.distributed import set_num_threads
+from agents.models.critic import completion_values
+from agents.models.policy import completion_logits
+from agents.models.precision import autocast
 from agents.ppo import PPO, PPOConfig
 from agents.presets import tiny_model_config
+from agents.sampling.online import draw_prompts
+from agents.sampling.rollout import left_pad_prompts, rollout
 from llm_env.tasks import make_task
 from scripts.options import parse_args_with_smoke
 

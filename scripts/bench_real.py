@@ -39,10 +39,10 @@ from unittest import mock
 
 import torch
 
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
-from agents.common.policy import set_num_threads
-from agents.common.precision import autocast, resolve_precision
+from agents.harness.config import OptimConfig
+from agents.harness.distributed import set_num_threads
+from agents.maths.kl import KLConfig
+from agents.models.precision import autocast, resolve_precision
 from llm_env.models import causal_lm, chat_tokenizer
 from scripts.options import parse_args_with_smoke
 
@@ -183,7 +183,7 @@ def device_options(config_cls, device: str) -> dict:
 
 def patch_phases(phases: Phases, module, agent, train_forward: str) -> None:
     """Time the phases of ``agent``'s iteration (``module``: its algorithm file)."""
-    import agents.common.online as online
+    import agents.sampling.online as online
 
     phases.patch(module, "sample", "rollout")
     phases.patch(module, "score_rollout", "policy+ref fwd (no single pass)")
@@ -267,10 +267,10 @@ def trl_grpo(model: Path, args, precision: str, work: Path) -> float:
 def primitives(agent, precision: str, repeats: int, critic=None) -> dict[str, float]:
     """HF ``generate`` of the agent's batch (full length), one no-grad reference forward and one
     forward + backward of the policy (and ``critic``) over the generated sequences."""
-    from agents.common.critic import completion_values
-    from agents.common.online import iteration_prompts
-    from agents.common.policy import completion_logits
-    from agents.common.rollout import reset_prompts
+    from agents.models.critic import completion_values
+    from agents.models.policy import completion_logits
+    from agents.sampling.online import iteration_prompts
+    from agents.sampling.rollout import reset_prompts
 
     policy, device = agent.policy, next(agent.policy.parameters()).device
     prompts = iteration_prompts(agent, 0)

@@ -7,8 +7,9 @@ import argparse
 import torch
 
 import llm_env
-from agents.common.policy import SamplingConfig, load_policy, set_num_threads
-from agents.common.rollout import rollout
+from agents.harness.distributed import set_num_threads
+from agents.models.policy import SamplingConfig, load_policy
+from agents.sampling.rollout import rollout
 from llm_env import TokenMDPVectorEnv
 
 

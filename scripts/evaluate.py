@@ -59,8 +59,8 @@ def run_suite(
 ) -> list[dict]:
     """Check the options (a bad one is a parser error, before any work), then evaluate
     ``policies`` (the reference first, when given)."""
-    from agents.common.evaluate import Judge, SuiteConfig, evaluate_policies
-    from agents.common.policy import set_num_threads
+    from agents.evaluation import Judge, SuiteConfig, evaluate_policies
+    from agents.harness.distributed import set_num_threads
     from llm_env.tasks import make_task
 
     try:

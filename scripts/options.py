@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from agents.common.config import dataclass_from_args
+from scripts.flags import dataclass_from_args
 from scripts.studies.stages import check_writable
 
 

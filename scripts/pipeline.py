@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from agents.common.config import add_dataclass_args, dataclass_from_args
+from scripts.flags import add_dataclass_args, dataclass_from_args
 from scripts.studies.pipeline.config import PipelineConfig
 from scripts.studies.pipeline.study import Pipeline
 

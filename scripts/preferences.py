@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.common.config import add_dataclass_args
-from agents.common.policy import set_num_threads
-from agents.preferences import PreferenceConfig, sample_preferences
+from agents.data.preferences import PreferenceConfig, sample_preferences
+from agents.harness.distributed import set_num_threads
+from scripts.flags import add_dataclass_args
 from scripts.options import config_from_args, json_object, require_writable
 
 

@@ -14,12 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
-from agents.common.config import add_dataclass_args
-from agents.common.distributed import print_on_main
-from agents.common.logging import run_dir_for
-from agents.common.policy import set_num_threads
+from agents.data.process_labels import LABELS, StepLabelConfig, sample_step_data, write_step_data
+from agents.harness.distributed import print_on_main, set_num_threads
+from agents.harness.logging import run_dir_for
 from agents.prm import PRMConfig, PRMTrainer
-from agents.process_labels import LABELS, StepLabelConfig, sample_step_data, write_step_data
+from scripts.flags import add_dataclass_args
 from scripts.options import config_from_args, json_object, require_writable
 
 

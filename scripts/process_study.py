@@ -32,8 +32,8 @@ import argparse
 import json
 from pathlib import Path
 
-from agents.common.config import add_dataclass_args, dataclass_from_args
-from agents.common.policy import set_num_threads
+from agents.harness.distributed import set_num_threads
+from scripts.flags import add_dataclass_args, dataclass_from_args
 from scripts.options import check_writable
 from scripts.studies.process.study import Study, StudyConfig
 

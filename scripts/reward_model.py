@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.common.config import add_dataclass_args
-from agents.common.distributed import print_on_main
-from agents.common.logging import run_dir_for
-from agents.common.policy import set_num_threads
+from agents.harness.distributed import print_on_main, set_num_threads
+from agents.harness.logging import run_dir_for
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
+from scripts.flags import add_dataclass_args
 from scripts.options import config_from_args, require_writable
 
 

@@ -22,8 +22,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 import llm_env  # noqa: F401  (registers TokenMDP-v0)
-from agents.common.logging import RunLogger
-from agents.common.policy import set_num_threads
+from agents.harness.distributed import set_num_threads
+from agents.harness.logging import RunLogger
 from scripts.options import require_writable
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from agents.common.config import add_dataclass_args
-from agents.common.distributed import print_on_main
-from agents.common.logging import run_dir_for
-from agents.common.policy import set_num_threads
+from agents.harness.distributed import print_on_main, set_num_threads
+from agents.harness.logging import run_dir_for
 from agents.presets import TINY_MODEL_OPTIONS
 from agents.sft import SFT, SFTConfig, pretrain_on_task
+from scripts.flags import add_dataclass_args
 from scripts.options import (
     config_from_args,
     json_object,

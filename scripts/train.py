@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from agents.common.config import add_dataclass_args
-from agents.common.distributed import print_on_main
-from agents.common.logging import run_dir_for
-from agents.common.policy import set_num_threads
+from agents.harness.distributed import print_on_main, set_num_threads
+from agents.harness.logging import run_dir_for
 from agents.presets import TINY_MODEL_OPTIONS
 from agents.registry import agent_spec
 from llm_env.process import PROCESS_REWARD_MODES
+from scripts.flags import add_dataclass_args
 from scripts.options import (
     config_from_args,
     json_object,

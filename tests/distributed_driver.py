@@ -18,13 +18,12 @@ import torch
 from safetensors.torch import save_file
 
 import llm_env
-from agents.common.advantages import whiten
-from agents.common.config import OptimConfig
-from agents.common.distributed import Distributed
-from agents.common.kl import KLConfig
-from agents.common.lora import LoraOptions
-from agents.common.policy import set_num_threads
 from agents.dpo import DPO, DPOConfig
+from agents.harness.config import OptimConfig
+from agents.harness.distributed import Distributed, set_num_threads
+from agents.maths.advantages import whiten
+from agents.maths.kl import KLConfig
+from agents.models.lora import LoraOptions
 from agents.ppo import PPO, PPOConfig
 from agents.presets import tiny_model_config
 from agents.reinforce import Reinforce, ReinforceConfig

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.checkpoint import STATE_FILE, CheckpointError, load_checkpoint_state
-from agents.common.config import OptimConfig, fingerprint_hash, resume_fingerprint
-from agents.common.kl import KLConfig
-from agents.common.run import CHECKPOINT_DIR, FINAL_DIR
 from agents.dpo import DPO, DPOConfig
 from agents.grpo import GRPO, GRPOConfig
+from agents.harness.checkpoint import STATE_FILE, CheckpointError, load_checkpoint_state
+from agents.harness.config import OptimConfig, fingerprint_hash, resume_fingerprint
+from agents.harness.run import CHECKPOINT_DIR, FINAL_DIR
+from agents.maths.kl import KLConfig
 from agents.ppo import PPO, PPOConfig
 from agents.prm import PRMConfig, PRMTrainer
 from agents.reinforce import Reinforce, ReinforceConfig
@@ -343,8 +343,8 @@ def test_tensorboard_has_no_duplicate_steps_after_resume(make, tmp_path):
 def test_build_config_keeps_an_agents_own_group_defaults():
     """Flat options for part of a group leave the rest at the agent's own defaults: GRPO's KL
     group keeps k3 and its learning rate when only β is given (not KLConfig's k1)."""
-    from agents.common.config import build_config
     from agents.grpo import GRPOConfig
+    from agents.harness.config import build_config
     from agents.ppo import PPOConfig
 
     config = build_config(GRPOConfig, {"kl.beta": 0.3, "batch_size": 8})

@@ -9,11 +9,11 @@ import socket
 import pytest
 
 import llm_env
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
-from agents.common.lora import LoraOptions
-from agents.common.policy import SamplingConfig
 from agents.dpo import DPOConfig
+from agents.harness.config import OptimConfig
+from agents.maths.kl import KLConfig
+from agents.models.lora import LoraOptions
+from agents.models.policy import SamplingConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import ReinforceConfig
 from agents.sft import SFTConfig

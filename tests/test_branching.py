@@ -172,8 +172,8 @@ def test_a_rollout_continues_from_a_prefix(chain_tokenizer):
     import torch
 
     import llm_env
-    from agents.common.policy import SamplingConfig
-    from agents.common.rollout import rollout
+    from agents.models.policy import SamplingConfig
+    from agents.sampling.rollout import rollout
 
     model = llm_env.tiny_gpt2(chain_tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=64)
     with torch.no_grad():  # every position predicts EOS: logits = h · E^T, make E[eos] dominate
@@ -196,8 +196,8 @@ def test_branches_of_unequal_prefixes_stay_within_the_models_positions(chain_tok
     exactly prompt + max_new_tokens positions is enough for every branch."""
     import torch
 
-    from agents.common.policy import SamplingConfig
-    from agents.common.rollout import rollout
+    from agents.models.policy import SamplingConfig
+    from agents.sampling.rollout import rollout
     from llm_env import tiny_gpt2
 
     venv = TokenMDPVectorEnv(2, **CHAIN, tokenizer=chain_tokenizer, autoreset_mode="disabled")

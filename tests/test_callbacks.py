@@ -10,8 +10,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from transformers import AutoModelForCausalLM
 
 import llm_env
-from agents.common.checkpoint import load_checkpoint_state
-from agents.common.config import OptimConfig
+from agents.harness.checkpoint import load_checkpoint_state
+from agents.harness.config import OptimConfig
 from agents.ppo import PPO, PPOConfig
 from agents.presets import tiny_model_config
 from agents.sft import SFT, SFTConfig

@@ -14,13 +14,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import llm_env
-from agents.common import precision as precision_module
-from agents.common.config import AgentConfig, OptimConfig, add_dataclass_args
-from agents.common.distributed import Distributed
-from agents.common.memory import enable_gradient_checkpointing
-from agents.common.precision import autocast, compute_device, resolve_precision
 from agents.dpo import DPOConfig
 from agents.grpo import GRPO, GRPOConfig
+from agents.harness.config import AgentConfig, OptimConfig
+from agents.harness.distributed import Distributed
+from agents.models import precision as precision_module
+from agents.models.memory import enable_gradient_checkpointing
+from agents.models.precision import autocast, compute_device, resolve_precision
 from agents.ppo import PPO, PPOConfig
 from agents.presets import TINY_MODEL_OPTIONS, tiny_model_config
 from agents.prm import PRMConfig
@@ -29,6 +29,7 @@ from agents.reward_model import RewardModelConfig
 from agents.sft import SFT, SFTConfig
 from llm_env.tasks import Task
 from scripts import grpo as grpo_script
+from scripts.flags import add_dataclass_args
 from scripts.options import config_from_args, reparse_with_defaults
 from scripts.train import build_parser
 from tests.pretrained import chat_prompts

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from agents.common.advantages import whiten
-from agents.common.distributed import Distributed
+from agents.harness.distributed import Distributed
+from agents.maths.advantages import whiten
 from tests import distributed_driver as driver
 from tests.tiny_options import tiny_model_argv
 
@@ -191,8 +191,6 @@ def test_whitening_and_metrics_are_reduced_over_processes(two_process_run):
 def test_a_checkpoint_only_some_processes_see_is_a_clear_error(monkeypatch, tmp_path):
     dist = Distributed()
     monkeypatch.setattr(dist, "gather_object", lambda found: [found, False, found])
-    assert not dist.found_checkpoint(tmp_path / "checkpoint")  # nobody has one: a fresh start
-    (tmp_path / "checkpoint").mkdir()
-    (tmp_path / "checkpoint" / "state.pt").write_bytes(b"")
+    assert not dist.found_checkpoint(tmp_path / "checkpoint", False)  # nobody has one: fresh
     with pytest.raises(FileNotFoundError, match=r"not to process\(es\) \[1\].*shares"):
-        dist.found_checkpoint(tmp_path / "checkpoint")
+        dist.found_checkpoint(tmp_path / "checkpoint", True)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.config import OptimConfig
-from agents.common.policy import load_policy
-from agents.common.run import METRICS_FILE, TrainingStopped
 from agents.dpo import DPO, DPOConfig, dpo_loss
+from agents.harness.config import OptimConfig
+from agents.harness.run import METRICS_FILE, TrainingStopped
+from agents.models.policy import load_policy
 from agents.presets import tiny_model_config
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model

@@ -10,10 +10,6 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
-from agents.common.losses import clipped_surrogate
-from agents.common.rollout import Rollout
 from agents.grpo import (
     ADVANTAGES,
     AGGREGATIONS,
@@ -21,6 +17,10 @@ from agents.grpo import (
     GRPOConfig,
     soft_overlong_penalty,
 )
+from agents.harness.config import OptimConfig
+from agents.maths.kl import KLConfig
+from agents.maths.losses import clipped_surrogate
+from agents.sampling.rollout import Rollout
 from reward_models.base import FunctionRewardModel
 from tests import toy
 from tests.test_ppo import ARITH

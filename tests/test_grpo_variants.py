@@ -12,9 +12,10 @@ import torch
 
 import agents.grpo as grpo
 import llm_env
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
-from agents.common.losses import (
+from agents.grpo import GRPO, GRPOConfig
+from agents.harness.config import OptimConfig
+from agents.maths.kl import KLConfig
+from agents.maths.losses import (
     cispo_objective,
     clip_objective,
     entropy_bonus,
@@ -23,7 +24,6 @@ from agents.common.losses import (
     sequence_log_ratio,
     token_log_ratio,
 )
-from agents.grpo import GRPO, GRPOConfig
 from llm_env.tasks import Task
 from reward_models.base import FunctionRewardModel
 from tests import toy

@@ -1,4 +1,4 @@
-"""Pure functions of agents/common (KL, GAE, losses, baselines) against hand-computed numbers,
+"""Pure functions of agents/maths (KL, GAE, losses, baselines) against hand-computed numbers,
 and the one-pass log-probs against those recorded token by token during the rollout."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from agents.common.advantages import gae, kl_penalised_rewards, whiten
-from agents.common.critic import ValueModel, completion_values
-from agents.common.kl import (
+from agents.maths.advantages import gae, kl_penalised_rewards, whiten
+from agents.maths.kl import (
     AdaptiveKLController,
     FixedKLController,
     KLConfig,
@@ -21,11 +20,12 @@ from agents.common.kl import (
     make_kl_controller,
     sequence_kl_stats,
 )
-from agents.common.losses import clipped_value_loss, ppo_clip_loss, reinforce_loss
-from agents.common.online import score_rollout
-from agents.common.policy import SamplingConfig
-from agents.common.rollout import rollout
+from agents.maths.losses import clipped_value_loss, ppo_clip_loss, reinforce_loss
+from agents.models.critic import ValueModel, completion_values
+from agents.models.policy import SamplingConfig
 from agents.reinforce import BASELINES
+from agents.sampling.online import score_rollout
+from agents.sampling.rollout import rollout
 from llm_env.vector import TokenMDPVectorEnv
 
 ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agents.common.kl import exact_kl
+from agents.maths.kl import exact_kl
 from scripts import cli
 from scripts.studies.kl import gradients as kg
 from scripts.studies.kl import study as kl_study

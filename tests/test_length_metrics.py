@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.config import OptimConfig
-from agents.common.metrics import length_metrics
-from agents.common.rollout import Rollout
 from agents.grpo import GRPO, GRPOConfig
+from agents.harness.config import OptimConfig
+from agents.maths.metrics import length_metrics
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
+from agents.sampling.rollout import Rollout
 from tests.test_ppo import ARITH
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,10 +14,11 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import llm_env
-from agents.common.checkpoint import load_checkpoint_state
-from agents.common.config import OptimConfig, dataclass_from_args
-from agents.common.kl import KLConfig
-from agents.common.lora import (
+from agents.dpo import DPO, DPOConfig
+from agents.harness.checkpoint import load_checkpoint_state
+from agents.harness.config import OptimConfig
+from agents.maths.kl import KLConfig
+from agents.models.lora import (
     ADAPTER_DIR,
     BaseWeightsReference,
     LoraOptions,
@@ -25,12 +26,12 @@ from agents.common.lora import (
     unwrap,
     with_lora,
 )
-from agents.dpo import DPO, DPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from reward_models.base import FunctionRewardModel
 from scripts import dpo as dpo_script
 from scripts import train as train_script
+from scripts.flags import dataclass_from_args
 from tests import toy
 from tests.interrupt import learn_until_killed
 from tests.test_dpo import sequence_logp

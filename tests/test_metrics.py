@@ -1,4 +1,4 @@
-"""The evaluation metrics (``agents.common.metrics``) against hand-computed values on small fixed
+"""The evaluation metrics (``agents.maths.metrics``) against hand-computed values on small fixed
 texts; the judge's perplexity against models whose probabilities are known by construction; the
 cheap metrics an evaluation point logs under ``eval/``."""
 
@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import llm_env
-from agents.common import metrics
-from agents.common.evaluate import (
+from agents.evaluation import (
     HELDOUT_SUFFIX,
     EvalResult,
     Judge,
@@ -22,6 +21,7 @@ from agents.common.evaluate import (
     log_evaluation,
     quality_metrics,
 )
+from agents.maths import metrics
 from llm_env.tasks import make_task
 
 
@@ -161,7 +161,7 @@ def test_quality_metrics_of_fixed_completions(uniform_judge):
 def test_suite_gives_every_policy_the_same_prompts_and_seed(
     tiny_policy, arithmetic_tokenizer, tmp_path
 ):
-    from agents.common.evaluate import SuiteConfig
+    from agents.evaluation import SuiteConfig
 
     tiny_policy.save_pretrained(tmp_path)
     arithmetic_tokenizer.save_pretrained(tmp_path)
@@ -190,7 +190,7 @@ def test_log_evaluation_writes_eval_scalars_at_the_runs_last_step(tmp_path):
 
 
 def test_pass_at_k_by_hand():
-    from agents.common.metrics import pass_at_k
+    from agents.maths.metrics import pass_at_k
 
     correct = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]], dtype=bool)
     # n = 4: c = 1 → pass@1 = 1/4, pass@2 = 1 − C(3,2)/C(4,2) = 1/2; c = 2 → pass@2 = 1 − 1/6

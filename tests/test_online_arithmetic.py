@@ -9,8 +9,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
+from agents.harness.config import OptimConfig
+from agents.maths.kl import KLConfig
 from agents.ppo import PPO, PPOConfig
 from agents.presets import TINY_MODEL_OPTIONS
 from agents.reinforce import Reinforce, ReinforceConfig

@@ -210,7 +210,7 @@ def test_budget_table_takes_each_curves_best_point_within_the_budget():
 
 
 def test_paired_gain_ci_cancels_the_prompt_effect_both_policies_share():
-    from agents.common.evaluate import bootstrap_ci, paired_gain_ci
+    from agents.evaluation import bootstrap_ci, paired_gain_ci
 
     rng = np.random.default_rng(0)
     prompt_effect = np.repeat(rng.normal(0, 1, 100), 4)  # 100 prompts, 4 samples each

@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
-from agents.common.logging import RunLogger
+from agents.harness.logging import RunLogger
 from scripts.compare import main as compare_main
 from scripts.studies.pipeline.config import PipelineConfig
 from scripts.studies.pipeline.study import Pipeline

@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM
 
 import agents.ppo
 import llm_env
-from agents.common.checkpoint import load_checkpoint_state
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
-from agents.common.run import TrainingStopped
+from agents.harness.checkpoint import load_checkpoint_state
+from agents.harness.config import OptimConfig
+from agents.harness.run import TrainingStopped
+from agents.maths.kl import KLConfig
 from agents.ppo import PPO, PPOConfig
 from reward_models.base import FunctionRewardModel
 from tests import toy

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from agents.preferences import PreferenceConfig, bradley_terry_labels, sample_preferences
+from agents.data.preferences import PreferenceConfig, bradley_terry_labels, sample_preferences
 from reward_models.arithmetic import LengthRewardModel
 
 ENV = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
@@ -81,7 +81,7 @@ def test_bad_preference_options_are_named(field, value, message):
 
 
 def test_skip_ties_drops_pairs_with_equal_gold():
-    from agents.preferences import label_pairs
+    from agents.data.preferences import label_pairs
 
     prompts = ["1+1="] * 4
     completions = ["2", "3", "4", "5"]

@@ -36,14 +36,14 @@ import agents.grpo
 import agents.ppo
 import agents.reinforce
 import agents.sft
-from agents.common.config import OptimConfig
-from agents.common.policy import completion_logits, token_logprobs
-from agents.common.rollout import Rollout
 from agents.dpo import DPO, DPOConfig
 from agents.grpo import GRPO, GRPOConfig
+from agents.harness.config import OptimConfig
+from agents.models.policy import completion_logits, token_logprobs
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
+from agents.sampling.rollout import Rollout
 from agents.sft import SFT, SFTConfig
 from reward_models.learned import LearnedRewardModel
 from tests.pretrained import PADDED_ROWS, chat_prompts
@@ -147,7 +147,7 @@ def biased_policy(path, tok) -> torch.nn.Module:
 
 
 def scoring_sample(sampled: list[Sampled], sample):
-    """``agents.common.online.sample``, re-scoring each rollout with a fresh forward of the
+    """``agents.sampling.online.sample``, re-scoring each rollout with a fresh forward of the
     agent's policy before the agent updates on it."""
 
     def wrapped(agent, prompts, group_size=1):

@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agents.common.config import OptimConfig
-from agents.common.offline import pad_batch, sequence_logprobs
+from agents.data.offline import pad_batch, sequence_logprobs
 from agents.dpo import DPO, DPOConfig
+from agents.harness.config import OptimConfig
 from agents.prm import PRMConfig, PRMTrainer
 from agents.reward_model import RewardModelConfig, RewardModelTrainer
 from agents.sft import SFT, SFTConfig

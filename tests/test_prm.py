@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.policy import SamplingConfig
+from agents.data.process_labels import gold_step_labels, rollout_step_labels
+from agents.models.policy import SamplingConfig
 from agents.presets import tiny_model_config
 from agents.prm import PRMConfig, PRMTrainer, load_step_data, prm_loss
-from agents.process_labels import gold_step_labels, rollout_step_labels
 from llm_env import TokenMDPEnv, TokenMDPVectorEnv
 from llm_env.tasks.jsonl import JsonlError
 from reward_models import load_reward_model

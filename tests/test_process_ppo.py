@@ -13,16 +13,16 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.advantages import gae
-from agents.common.branching import branch_values, hold_step_values, step_start_states
-from agents.common.checkpoint import load_checkpoint_state
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
-from agents.common.online import RolloutScores, sample
-from agents.common.policy import SamplingConfig
-from agents.common.rollout import rollout
-from agents.common.run import TrainingStopped
+from agents.harness.checkpoint import load_checkpoint_state
+from agents.harness.config import OptimConfig
+from agents.harness.run import TrainingStopped
+from agents.maths.advantages import gae
+from agents.maths.kl import KLConfig
+from agents.models.policy import SamplingConfig
 from agents.ppo import PPO, PPOConfig
+from agents.sampling.branching import branch_values, hold_step_values, step_start_states
+from agents.sampling.online import RolloutScores, sample
+from agents.sampling.rollout import rollout
 from llm_env import TokenMDPVectorEnv
 from reward_models.base import FunctionRewardModel
 from tests import toy

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import llm_env
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
+from agents.harness.config import OptimConfig
+from agents.maths.kl import KLConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from tests import toy
 from tests.test_ppo import ARITH, stable

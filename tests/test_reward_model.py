@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.common.config import OptimConfig
+from agents.harness.config import OptimConfig
 from agents.presets import tiny_model_config
 from agents.reward_model import RewardModelConfig, RewardModelTrainer, bradley_terry_loss
 from llm_env.tasks import JsonlError

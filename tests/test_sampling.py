@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from agents.common.policy import SamplingConfig, process_logits
-from agents.common.rollout import sample_tokens
+from agents.models.policy import SamplingConfig, process_logits
+from agents.sampling.rollout import sample_tokens
 
 LOGITS = torch.tensor([2.0, 1.0, 0.0, -1.0, 3.0])
 

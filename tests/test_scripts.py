@@ -149,7 +149,7 @@ def test_evaluate_cli(trained, tmp_path, capsys):
 def test_compare_evaluate_runs_final_policies_through_the_suite(trained, tmp_path, capsys):
     import shutil
 
-    from agents.common.logging import RunLogger
+    from agents.harness.logging import RunLogger
 
     for name in ("ppo-a", "dpo-b"):
         run = tmp_path / "runs" / "arithmetic" / name

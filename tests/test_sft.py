@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import llm_env
-from agents.common.checkpoint import load_checkpoint_state
-from agents.common.config import OptimConfig
-from agents.common.offline import batch_schedule, encode_examples, pad_batch
-from agents.common.policy import load_policy
-from agents.common.run import CHECKPOINT_DIR, METRICS_FILE, TrainingStopped
+from agents.data.offline import batch_schedule, encode_examples, pad_batch
+from agents.harness.checkpoint import load_checkpoint_state
+from agents.harness.config import OptimConfig
+from agents.harness.run import CHECKPOINT_DIR, METRICS_FILE, TrainingStopped
+from agents.models.policy import load_policy
 from agents.presets import tiny_model_config
 from agents.sft import SFT, SFTConfig, sft_loss
 from llm_env.tasks import JsonlError

@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from agents.common.config import OptimConfig
-from agents.common.kl import KLConfig
 from agents.grpo import GRPO, GRPOConfig
+from agents.harness.config import OptimConfig
+from agents.maths.kl import KLConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from llm_env.tasks import Task

@@ -10,13 +10,9 @@ from typing import Literal
 
 import pytest
 
-from agents.common.config import (
-    add_dataclass_args,
-    build_config,
-    check_literals,
-    dataclass_from_args,
-    group,
-)
+from agents.checks import check_literals, group
+from agents.harness.config import build_config
+from scripts.flags import add_dataclass_args, dataclass_from_args
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from agents.common.config import build_config, fingerprint_hash, resume_fingerprint
+from agents.harness.config import build_config, fingerprint_hash, resume_fingerprint
 from agents.presets import TINY_MODEL_OPTIONS
 from agents.registry import agent_spec
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from agents.common.kl import KL_ESTIMATORS
+from agents.maths.kl import KL_ESTIMATORS
 
 # -- values ---------------------------------------------------------------------------------------
 

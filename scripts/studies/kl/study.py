@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.common.config import OptimConfig
-from agents.common.kl import KL_ESTIMATORS, KLConfig
-from agents.common.policy import set_num_threads
 from agents.grpo import GRPO, GRPOConfig
+from agents.harness.config import OptimConfig
+from agents.harness.distributed import set_num_threads
+from agents.maths.kl import KL_ESTIMATORS, KLConfig
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import Task
 from llm_env.tasks.toy import PROMPT, completions, toy_env_kwargs, toy_task

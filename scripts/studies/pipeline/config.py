@@ -57,7 +57,7 @@ class PipelineConfig:
 
     def __post_init__(self):
         """Reject bad options before any stage runs, naming the option, value and choices."""
-        from agents.common.precision import PRECISIONS
+        from agents.models.precision import PRECISIONS
         from llm_env.tasks import TASKS
 
         self.check_own_task()

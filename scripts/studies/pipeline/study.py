@@ -15,7 +15,7 @@ resumable (``scripts.studies.stages``).
    itself and DPO's pairs are labelled by it (RL from verifiable rewards); the evaluation adds
    pass@k.
 4. ``evaluate``: every final policy and the SFT policy on held-out prompts through the env, by
-   the evaluation suite (``agents.common.evaluate.evaluate_policies``).
+   the evaluation suite (``agents.evaluation.evaluate_policies``).
 5. ``report``: ``report.md``, ``results.json`` and PNG plots in the run directory, with the
    frontier section (best-of-n, Gao et al. fits) of ``scripts.studies.report.frontier``.
 
@@ -191,7 +191,7 @@ class Pipeline:
 
     def run_stages(self) -> list[dict]:
         """Train and evaluate (each stage keyed by its inputs); the evaluations."""
-        from agents.common.policy import set_num_threads
+        from agents.harness.distributed import set_num_threads
 
         set_num_threads()
         plan = self.plan()
@@ -228,7 +228,7 @@ class Pipeline:
         return self.train_sft("judge")
 
     def make_preferences(self) -> dict:
-        from agents.preferences import PreferenceConfig, sample_preferences
+        from agents.data.preferences import PreferenceConfig, sample_preferences
 
         preset = self.preset
         config = PreferenceConfig(
@@ -309,7 +309,7 @@ class Pipeline:
         return {"policy": str(run_dir / "final")}
 
     def evaluate(self) -> dict:
-        from agents.common.evaluate import Judge, SuiteConfig, evaluate_policies, log_evaluation
+        from agents.evaluation import Judge, SuiteConfig, evaluate_policies, log_evaluation
         from reward_models import load_reward_model
 
         policies = [("sft", self.sft_dir)]

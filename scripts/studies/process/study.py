@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.common.evaluate import bootstrap_ci, evaluate
-from agents.common.policy import load_policy
+from agents.evaluation import bootstrap_ci, evaluate
+from agents.models.policy import load_policy
 from scripts.studies.factory import make_agent, study_config
 from scripts.studies.process.report import write_report
 
@@ -202,7 +202,7 @@ class Study:
         return path
 
     def train_prm(self, sft: Path) -> Path:
-        from agents.process_labels import StepLabelConfig, sample_step_data, write_step_data
+        from agents.data.process_labels import StepLabelConfig, sample_step_data, write_step_data
 
         b = self.budget
         labels = StepLabelConfig(seed=self.seed, num_prompts=b.prm_prompts,
@@ -224,7 +224,7 @@ class Study:
     def train_dpo(self, sft: Path) -> str:
         """DPO on pairs of SFT samples with different outcomes (right ≻ wrong); → the implicit
         PRM's spec."""
-        from agents.preferences import PreferenceConfig, sample_preferences
+        from agents.data.preferences import PreferenceConfig, sample_preferences
 
         b = self.budget
         prefs = PreferenceConfig(

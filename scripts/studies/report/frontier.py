@@ -48,8 +48,8 @@ def best_of_n_curves(
     samples each: per selector (``learned`` if given, ``gold``) and n, the mean gold reward of
     the selected sample with a 95% bootstrap interval over prompts, the selector's own value,
     and the analytic KL."""
-    from agents.common.evaluate import bootstrap_ci, evaluate
-    from agents.common.policy import load_policy
+    from agents.evaluation import bootstrap_ci, evaluate
+    from agents.models.policy import load_policy
     from llm_env.vector import TokenMDPVectorEnv
 
     policy, tokenizer = load_policy(policy_dir)

@@ -63,7 +63,7 @@ def eval_table(evals: list[dict], columns=None) -> str:
 
 
 EVAL_LEGEND = [
-    "Columns (definitions in `agents/common/metrics.py`): *judge ppl* — per-token perplexity of "
+    "Columns (definitions in `agents/maths/metrics.py`): *judge ppl* — per-token perplexity of "
     "the completions (and their EOS) under a separate LM pre-trained on the task corpus; "
     "*lexicon* — share of completion words in the task's lexicon; *distinct-n* — distinct word "
     "n-grams / all n-grams; *unique* — distinct completions / completions; *self-BLEU* — mean "

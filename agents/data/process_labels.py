@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.branching import branch_values, step_ends
-from agents.common.config import check_choice, check_positive, check_range, group, to_jsonable
-from agents.common.policy import SamplingConfig, load_policy
-from agents.common.precision import PRECISIONS, resolve_precision
-from agents.common.rollout import rollout_batches
+from agents.checks import check_choice, check_positive, check_range, group
+from agents.harness.config import to_jsonable
+from agents.models.policy import SamplingConfig, load_policy
+from agents.models.precision import PRECISIONS, resolve_precision
+from agents.sampling.branching import branch_values, step_ends
+from agents.sampling.rollout import rollout_batches
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.arithmetic_chain import steps_correct
 from reward_models.prm import split_steps

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from agents.common.advantages import masked_mean
+from agents.maths.advantages import masked_mean
 
 
 def clipped_surrogate(

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.common.distributed import Distributed
-from agents.common.logging import RunLogger
+from agents.harness.distributed import Distributed
+from agents.harness.logging import RunLogger
 
 
 class CallbackRunner:

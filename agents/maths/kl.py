@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.common.config import check_choice, check_positive
+from agents.checks import check_choice, check_positive
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
-from agents.common.config import local_dir
-from agents.common.lora import plain_copy, unwrap
-from agents.common.policy import position_ids_from_mask
+from agents.checks import local_dir
+from agents.models.lora import plain_copy, unwrap
+from agents.models.policy import position_ids_from_mask
 
 HEAD_FILE = "value_head.safetensors"
 

@@ -12,9 +12,9 @@
 - ``sequence_logprobs``: fp32 per-token log-probs from one forward pass, over the tokenizer's
   vocabulary only (a padded embedding table's extra rows get no probability);
 - ``batch_schedule`` and ``offline_step``: a deterministic batch schedule, and one optimiser step
-  on its batch — the loop around it is ``agents.common.run.Agent``'s.
+  on its batch — the loop around it is ``agents.harness.run.Agent``'s.
 
-Under ``accelerate launch`` (see ``agents.common.distributed``) ``batch_size`` is the total over
+Under ``accelerate launch`` (see ``agents.harness.distributed``) ``batch_size`` is the total over
 processes: each process computes the loss on its contiguous part of every batch of the one seeded
 schedule, through the agent's DDP-wrapped forward; statistics are reduced over processes and
 only the main process evaluates (its result is broadcast), logs and writes checkpoints.
@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.common.config import check_positive
-from agents.common.lora import causal_lm
-from agents.common.policy import load_policy, position_ids_from_mask
-from agents.common.precision import autocast
+from agents.checks import check_positive
+from agents.models.lora import causal_lm
+from agents.models.policy import load_policy, position_ids_from_mask
+from agents.models.precision import autocast
 from llm_env.chat import Messages, check_messages, render_completion, render_text
 from llm_env.tasks import read_jsonl
-from llm_env.tokenizer import eos_id_list, load_tokenizer
+from llm_env.tokenizer import load_tokenizer
 
 Text = str | Messages
 """A prompt or completion: plain text, or TRL's conversational form (a list of messages)."""
@@ -81,15 +81,6 @@ def load_offline_policy(
     ):
         tokenizer = with_pad_token(load_tokenizer(source))
     return load_policy(policy, tokenizer)
-
-
-def stop_ids(
-    tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None = None
-) -> frozenset[int]:
-    """The ids that end a completion: the tokenizer's EOS and ``generation_config.eos_token_id``
-    (an int or a list: instruct checkpoints list their end-of-turn tokens there)."""
-    extra = eos_id_list(getattr(generation_config, "eos_token_id", None))
-    return frozenset([tokenizer.eos_token_id, *extra])
 
 
 def jsonl_rows(

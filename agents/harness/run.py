@@ -32,21 +32,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.common.callbacks import CallbackRunner
-from agents.common.checkpoint import (
+from agents.harness.callbacks import CallbackRunner
+from agents.harness.checkpoint import (
     CheckpointError,
     atomic_directory,
     checkpoint_status,
+    has_checkpoint,
     load_checkpoint_state,
     load_weights_into,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from agents.common.config import AgentConfig, OptimConfig, fingerprint_hash, resume_fingerprint
-from agents.common.distributed import Distributed
-from agents.common.logging import RunLogger
-from agents.common.lora import save_policy, trainable_parameters
+from agents.harness.config import AgentConfig, OptimConfig, fingerprint_hash, resume_fingerprint
+from agents.harness.distributed import Distributed
+from agents.harness.logging import RunLogger
+from agents.models.lora import save_policy, trainable_parameters
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.jsonl"
@@ -255,7 +256,9 @@ class Agent:
             torch.manual_seed(self.config.seed)
         if self.config.resume:
             status = checkpoint_status(self.checkpoint_dir)
-            agreed = self.dist.found_checkpoint(self.checkpoint_dir)
+            agreed = self.dist.found_checkpoint(
+                self.checkpoint_dir, has_checkpoint(self.checkpoint_dir)
+            )
             if status == "incomplete":
                 raise CheckpointError(
                     f"--resume: {self.checkpoint_dir} is incomplete (no state.pt); delete it to "
@@ -279,7 +282,7 @@ class Agent:
     def learn(self, callback=None) -> list[dict[str, float]]:
         """Train to the end of the run; returns one metrics dict per log point (those before a
         resume included; also ``run_dir/metrics.jsonl``). ``callback``: Stable-Baselines3
-        callback(s), called after every step (see ``agents.common.callbacks``)."""
+        callback(s), called after every step (see ``agents.harness.callbacks``)."""
         self._start()
         main, n_steps = self.dist.is_main, self._num_steps()
         logger = RunLogger(self.run_dir, self.config, enabled=main, purge_step=self.num_timesteps)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agents.common.lora import unwrap
+from agents.models.lora import unwrap
 
 CHECKPOINT_KWARGS = {"use_reentrant": False}
 

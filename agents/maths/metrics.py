@@ -1,7 +1,7 @@
 """What the reward hides: fluency, diversity, length and length hacking of a policy's completions.
 
 Pure functions of texts and numbers; the one that needs a model, the judge's log-probs, is
-``agents.common.evaluate.judge_nll``. A *word* is a whitespace-separated token (the built-in
+``agents.evaluation.judge_nll``. A *word* is a whitespace-separated token (the built-in
 tasks write punctuation as separate tokens: ``"great , but slow ."``). Statistics pooled over
 texts weight every word (or token) equally. A value that is undefined (no words, a constant
 series) is NaN, never a made-up 0.

@@ -1,9 +1,9 @@
 """What the online agents (PPO, REINFORCE, GRPO) share, as functions: the rollout env, the frozen
 reference, prompt draws, the one-pass re-scoring of a rollout and the metrics every online agent
-logs. The training loop itself is ``agents.common.run.Agent``'s.
+logs. The training loop itself is ``agents.harness.run.Agent``'s.
 
 Under ``accelerate launch`` each process rolls out its shard of every batch (see
-``agents.common.distributed``); the loop reduces the metrics over processes before logging.
+``agents.harness.distributed``); the loop reduces the metrics over processes before logging.
 """
 
 from __future__ import annotations
@@ -16,25 +16,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.common.advantages import masked_mean
-from agents.common.config import check_positive
-from agents.common.distributed import Distributed
-from agents.common.kl import exact_kl, make_kl_controller, sequence_kl_stats
-from agents.common.lora import BaseWeightsReference, is_lora, with_lora
-from agents.common.losses import entropy_of
-from agents.common.memory import enable_gradient_checkpointing
-from agents.common.metrics import length_metrics
-from agents.common.offline import stop_ids
-from agents.common.policy import (
+from agents.checks import check_positive
+from agents.harness.distributed import Distributed
+from agents.maths.advantages import masked_mean
+from agents.maths.kl import exact_kl, make_kl_controller, sequence_kl_stats
+from agents.maths.losses import entropy_of
+from agents.maths.metrics import length_metrics
+from agents.models.lora import BaseWeightsReference, is_lora, with_lora
+from agents.models.memory import enable_gradient_checkpointing
+from agents.models.policy import (
     SamplingConfig,
     check_same_tokenizer,
     completion_logits,
     gather_logprobs,
     load_policy,
     process_logits,
+    stop_ids,
 )
-from agents.common.precision import autocast, resolve_precision
-from agents.common.rollout import Rollout, rollout
+from agents.models.precision import autocast, resolve_precision
+from agents.sampling.rollout import Rollout, rollout
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.base import RewardModelError
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from agents.common.critic import ValueModel
-from agents.common.lora import is_lora, load_adapter_into
+from agents.models.critic import ValueModel
+from agents.models.lora import is_lora, load_adapter_into
 
 STATE_FILE = "state.pt"
 

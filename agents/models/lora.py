@@ -51,7 +51,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from agents.common.config import check_positive, check_range
+from agents.checks import check_positive, check_range
 
 ADAPTER = "default"  # peft's name of the one adapter we train
 ADAPTER_DIR = "adapter"

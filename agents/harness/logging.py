@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agents.common.config import to_jsonable
+from agents.harness.config import to_jsonable
 
 TAGS = (
     "reward/train",  # the reward the agent optimises

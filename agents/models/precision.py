@@ -45,7 +45,7 @@ def check_device(device: str) -> None:
 
 def compute_device(device: str = "auto") -> str:
     """Where the agents run their models: ``"cuda"`` for ``device="cuda"``, and for ``"auto"``
-    when a GPU is visible, else ``"cpu"`` (``agents.common.distributed.Distributed`` places
+    when a GPU is visible, else ``"cpu"`` (``agents.harness.distributed.Distributed`` places
     them there, each process of a multi-GPU launch on its own GPU)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")

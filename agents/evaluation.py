@@ -1,5 +1,5 @@
 """Evaluate a policy through the env: gold reward, learned reward, KL to a reference, length —
-and what the reward hides: fluency, diversity and length hacking (``agents.common.metrics``).
+and what the reward hides: fluency, diversity and length hacking (``agents.maths.metrics``).
 
 Every method (SFT, PPO, REINFORCE, DPO) is measured by ``evaluate`` on held-out prompts, so
 their numbers land on the same reward–KL axes. ``evaluate_policies`` is the evaluation suite of
@@ -21,18 +21,19 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from agents.common import metrics
-from agents.common.offline import encode_examples, pad_batch, sequence_logprobs, stop_ids
-from agents.common.policy import (
+from agents.data.offline import encode_examples, pad_batch, sequence_logprobs
+from agents.maths import metrics
+from agents.models.policy import (
     SamplingConfig,
     check_same_tokenizer,
     completion_logits,
     load_policy,
     model_device,
+    stop_ids,
     to_device,
     token_logprobs,
 )
-from agents.common.rollout import rollout_batches
+from agents.sampling.rollout import rollout_batches
 from llm_env.tasks import make_task
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.base import RewardModel, checked_score
@@ -242,7 +243,7 @@ def quality_metrics(
 ) -> dict[str, float]:
     """Fluency (judge perplexity, lexicon fraction), diversity (distinct-1/2, unique fraction,
     self-BLEU), EOS rate and corr(length, reward) per reward scored, of ``result``'s
-    completions (definitions in ``agents.common.metrics``); NaN where undefined or not given."""
+    completions (definitions in ``agents.maths.metrics``); NaN where undefined or not given."""
     out = cheap_metrics(
         result.completions, result.finish_reasons, result.lengths, result.train_rewards
     )

@@ -17,9 +17,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from llm_env.tokenizer import check_tokenizer, load_tokenizer
+from llm_env.tokenizer import check_tokenizer, eos_id_list, load_tokenizer
 
 
 @dataclass
@@ -170,17 +175,10 @@ def token_logprobs(
     return gather_logprobs(F.log_softmax(processed, dim=-1), tokens)
 
 
-def set_num_threads(threads: int | None = None) -> None:
-    """Share the cores among the processes launched on this machine (all of them for a single
-    process) unless told otherwise, and flush denormal floats to zero.
-
-    Without the flush, Adam's tiny second-moment values turn into denormals after the first
-    steps and every optimiser step on CPU runs >10x slower (measured on the tiny GPT-2).
-    """
-    import os
-
-    from agents.common.distributed import local_world_size
-
-    cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads or max(1, cores // local_world_size()))
-    torch.set_flush_denormal(True)
+def stop_ids(
+    tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None = None
+) -> frozenset[int]:
+    """The ids that end a completion: the tokenizer's EOS and ``generation_config.eos_token_id``
+    (an int or a list: instruct checkpoints list their end-of-turn tokens there)."""
+    extra = eos_id_list(getattr(generation_config, "eos_token_id", None))
+    return frozenset([tokenizer.eos_token_id, *extra])

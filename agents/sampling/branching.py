@@ -1,7 +1,7 @@
 """Monte-Carlo estimates by branching: K rollouts from states part-way through episodes.
 
 What VinePPO's values (``agents.ppo``, ``mc_values``) and Math-Shepherd's step labels
-(``agents.process_labels``) share:
+(``agents.data.process_labels``) share:
 
 - ``step_ends``: where a completion's steps end — the tokens closing a step by the env's rule
   (``llm_env.process``: a token that adds an occurrence of the separator to the decoded
@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from agents.common.policy import SamplingConfig
-from agents.common.rollout import Rollout, rollout_batches
+from agents.models.policy import SamplingConfig
+from agents.sampling.rollout import Rollout, rollout_batches
 from llm_env.process import StepBoundary
 from llm_env.vector import TokenMDPVectorEnv
 

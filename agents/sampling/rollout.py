@@ -16,15 +16,15 @@ import torch
 from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
 
-from agents.common.lora import unwrap
-from agents.common.policy import (
+from agents.models.lora import unwrap
+from agents.models.policy import (
     SamplingConfig,
     keep_last_logits,
     model_device,
     position_ids_from_mask,
     process_logits,
 )
-from agents.common.precision import autocast
+from agents.models.precision import autocast
 from llm_env.vector import TokenMDPVectorEnv
 
 

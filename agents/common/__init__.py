@@ -1,2 +1,0 @@
-"""What several agents share: policy loading and log-probs, KV-cache rollouts, precision,
-logging, checkpoints."""
