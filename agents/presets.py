@@ -26,6 +26,7 @@ TINY_MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "ppo": {"optim.learning_rate": 3e-4},
     "reinforce": {"optim.learning_rate": 3e-4},
     "grpo": {"optim.learning_rate": 1e-4},
+    "online_dpo": {"optim.learning_rate": 3e-4},
 }
 
 

@@ -72,6 +72,10 @@ AGENTS: dict[str, AgentSpec] = {
                   "GRPO / Dr. GRPO / DAPO against a reward model", "tab:orange"),
         AgentSpec("dpo", "agents.dpo", "DPO", "DPOConfig", "offline", "method", 1, "dpo",
                   "direct preference optimisation", "tab:red"),
+        AgentSpec("online_dpo", "agents.online_dpo", "OnlineDPO", "OnlineDPOConfig", "online",
+                  "method", 3, "online-dpo",
+                  "online / iterative DPO (Nash-MD mixture sampling) against a reward model",
+                  "tab:pink"),
     )
 }  # fmt: skip
 

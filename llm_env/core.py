@@ -32,7 +32,8 @@ from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
 from llm_env.chat import Messages, check_messages, render_prompt
-from llm_env.process import ProcessRewards, ProcessSetup, StepBoundary, resolve_process
+from llm_env.config import EnvConfig
+from llm_env.process import ProcessRewards, ProcessSetup, resolve_process
 from llm_env.tasks import Task, make_task
 from llm_env.tokenizer import check_tokenizer, load_tokenizer, pad_id, resolve_stop_ids
 from reward_models.base import RewardModel, checked_score, load_reward_model
@@ -69,54 +70,24 @@ class EnvSetup:
         return render_prompt(self.tokenizer, value, self.chat_template_kwargs), value
 
 
-def check_positive_int(name: str, value) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is an integer >= 1 (a bool is not)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f"{name} must be a positive integer (>= 1), got {value!r} ({type(value).__name__})"
-        )
-
-
-def resolve_setup(
-    task: str | Task,
-    task_kwargs: dict | None,
-    tokenizer,
-    reward_model,
-    gold_reward_model,
-    max_new_tokens: int | None,
-    max_prompt_tokens: int | None,
-    vocab_size: int | None,
-    split: str,
-    process_reward_model=None,
-    step_boundary: StepBoundary | None = None,
-    process_reward_mode: str = "step",
-    stop_tokens: Sequence[str | int] | None = None,
-    stop_token_ids: Sequence[int] | None = None,
-    chat_template_kwargs: dict | None = None,
-) -> EnvSetup:
-    """Fill in defaults from the task and check every argument, naming the one that is wrong."""
-    for name, value, example in (
-        ("task_kwargs", task_kwargs, "task options (e.g. {'max_operand': 9})"),
-        ("chat_template_kwargs", chat_template_kwargs, "options (e.g. {'enable_thinking': False})"),
-    ):
-        if value is not None and not isinstance(value, dict):
-            raise TypeError(
-                f"{name} must be a dict of {example}, got {type(value).__name__} {value!r}"
-            )
-    for name, value in (
-        ("max_new_tokens", max_new_tokens),
-        ("max_prompt_tokens", max_prompt_tokens),
-        ("vocab_size", vocab_size),
-    ):
-        if value is not None:
-            check_positive_int(name, value)
-    task = make_task(task, **(task_kwargs or {}))
+def resolve_setup(config: EnvConfig) -> EnvSetup:
+    """Fill in defaults from the task and check what needs loading, naming what is wrong (the
+    options' shapes were checked by ``EnvConfig``)."""
+    c = config
+    task, tokenizer, reward_model, gold_reward_model = (
+        c.task,
+        c.tokenizer,
+        c.reward_model,
+        c.gold_reward_model,
+    )
+    vocab_size, split = c.vocab_size, c.split
+    task = make_task(task, **c.task_kwargs)
     task.prompts(split)  # validates the split name
     directory = tokenizer if isinstance(tokenizer, (str, Path)) else None
     tokenizer = task.tokenizer() if tokenizer is None else load_tokenizer(tokenizer)
     check_tokenizer(tokenizer)
-    stop_ids = resolve_stop_ids(tokenizer, directory, stop_tokens, stop_token_ids)
-    task = task.rendered(tokenizer, chat_template_kwargs)
+    stop_ids = resolve_stop_ids(tokenizer, directory, c.stop_tokens, c.stop_token_ids)
+    task = task.rendered(tokenizer, c.chat_template_kwargs)
     n_tokens = len(tokenizer)
     if vocab_size is None:
         vocab_size = n_tokens
@@ -143,16 +114,16 @@ def resolve_setup(
         tokenizer=tokenizer,
         reward_model=rm,
         gold_reward_model=gold,
-        max_new_tokens=int(max_new_tokens or task.max_new_tokens),
-        max_prompt_tokens=int(max_prompt_tokens or task.max_prompt_tokens),
+        max_new_tokens=int(c.max_new_tokens or task.max_new_tokens),
+        max_prompt_tokens=int(c.max_prompt_tokens or task.max_prompt_tokens),
         vocab_size=int(vocab_size),
         split=split,
         stop_ids=stop_ids,
         pad_id=pad_id(tokenizer),
         process=resolve_process(
-            task, tokenizer, process_reward_model, step_boundary, process_reward_mode
+            task, tokenizer, c.process_reward_model, c.step_boundary, c.process_reward_mode
         ),
-        chat_template_kwargs=chat_template_kwargs,
+        chat_template_kwargs=c.chat_template_kwargs,
         conversations={
             text: messages
             for part in ("train", "eval")

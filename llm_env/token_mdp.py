@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from llm_env.config import EnvConfig
 from llm_env.core import (
     TokenBatch,
     as_token_ids,
@@ -15,9 +16,7 @@ from llm_env.core import (
     check_prompt,
     draw_prompt,
     observation_space,
-    resolve_setup,
 )
-from llm_env.tasks import DEFAULT_TASK, Task
 
 
 class TokenMDPEnv(gym.Env):
@@ -79,6 +78,8 @@ class TokenMDPEnv(gym.Env):
     sum is the reward).
 
     ## Arguments
+    An ``EnvConfig`` (``llm_env.config``), or its fields as keywords (what ``gym.make`` passes);
+    ``render_mode`` besides:
     - ``task``: a registered task name ("sentiment" (default), "arithmetic",
       "arithmetic_chain", "jsonl") or a Task;
       ``task_kwargs`` are passed to the task factory (e.g. ``{"max_operand": 9}``). A ``jsonl``
@@ -122,32 +123,12 @@ class TokenMDPEnv(gym.Env):
     metadata = {"render_modes": ["ansi"], "render_fps": 30}
 
     def __init__(
-        self,
-        task: str | Task = DEFAULT_TASK,
-        task_kwargs: dict | None = None,
-        tokenizer=None,
-        reward_model=None,
-        gold_reward_model="task",
-        max_new_tokens: int | None = None,
-        max_prompt_tokens: int | None = None,
-        vocab_size: int | None = None,
-        split: str = "train",
-        render_mode: str | None = None,
-        process_reward_model=None,
-        step_boundary=None,
-        process_reward_mode: str = "step",
-        stop_tokens: list[str | int] | None = None,
-        stop_token_ids: list[int] | None = None,
-        chat_template_kwargs: dict | None = None,
+        self, config: EnvConfig | None = None, render_mode: str | None = None, **options: Any
     ):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.setup = resolve_setup(
-            task, task_kwargs, tokenizer, reward_model, gold_reward_model,
-            max_new_tokens, max_prompt_tokens, vocab_size, split,
-            process_reward_model, step_boundary, process_reward_mode,
-            stop_tokens, stop_token_ids, chat_template_kwargs,
-        )  # fmt: skip
+        self.config = EnvConfig.of(config, **options)
+        self.setup = self.config.setup()
         self.tokenizer = self.setup.tokenizer
         self.reward_model = self.setup.reward_model
         self.render_mode = render_mode

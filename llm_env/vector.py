@@ -10,18 +10,16 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from llm_env.config import EnvConfig, check_positive_int
 from llm_env.core import (
     StepResult,
     TokenBatch,
     as_token_ids,
-    check_positive_int,
     check_prefix,
     check_prompt,
     draw_prompt,
     observation_space,
-    resolve_setup,
 )
-from llm_env.tasks import DEFAULT_TASK, Task
 
 _MODES = {m.value.lower(): m for m in AutoresetMode} | {
     "next_step": AutoresetMode.NEXT_STEP,
@@ -31,7 +29,8 @@ _MODES = {m.value.lower(): m for m in AutoresetMode} | {
 
 
 class TokenMDPVectorEnv(VectorEnv):
-    """B copies of ``TokenMDPEnv`` in one object: same arguments, same rules (see its docstring).
+    """B copies of ``TokenMDPEnv`` in one object: same arguments (an ``EnvConfig`` or its fields
+    as keywords), same rules (see its docstring).
 
     Sub-env ``i`` reset with ``seed=s`` draws the same prompts as ``TokenMDPEnv`` reset with
     ``seed=s+i`` (the ``SyncVectorEnv`` convention), so B single envs given the same actions give
@@ -69,23 +68,10 @@ class TokenMDPVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        task: str | Task = DEFAULT_TASK,
-        task_kwargs: dict | None = None,
-        tokenizer=None,
-        reward_model=None,
-        gold_reward_model="task",
-        max_new_tokens: int | None = None,
-        max_prompt_tokens: int | None = None,
-        vocab_size: int | None = None,
-        split: str = "train",
+        config: EnvConfig | None = None,
         render_mode: str | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
-        process_reward_model=None,
-        step_boundary=None,
-        process_reward_mode: str = "step",
-        stop_tokens: list[str | int] | None = None,
-        stop_token_ids: list[int] | None = None,
-        chat_template_kwargs: dict | None = None,
+        **options: Any,
     ):
         check_positive_int("num_envs", num_envs)
         if isinstance(autoreset_mode, str):
@@ -97,12 +83,8 @@ class TokenMDPVectorEnv(VectorEnv):
             )
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.setup = resolve_setup(
-            task, task_kwargs, tokenizer, reward_model, gold_reward_model,
-            max_new_tokens, max_prompt_tokens, vocab_size, split,
-            process_reward_model, step_boundary, process_reward_mode,
-            stop_tokens, stop_token_ids, chat_template_kwargs,
-        )  # fmt: skip
+        self.config = EnvConfig.of(config, **options)
+        self.setup = self.config.setup()
         self.tokenizer = self.setup.tokenizer
         self.reward_model = self.setup.reward_model
         self.num_envs = int(num_envs)

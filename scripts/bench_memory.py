@@ -1,5 +1,5 @@
 """Peak memory and full model copies of every fine-tuning method of ``agents.registry`` (PPO,
-REINFORCE, GRPO, DPO), with and without LoRA adapters.
+REINFORCE, GRPO, DPO, online DPO), with and without LoRA adapters.
 
 Each setup runs in a fresh subprocess: it builds a GPT-2 large enough for its weights to
 dominate memory (``--n-layer`` × ``--n-embd``, default 4 × 768, ~31M parameters), resets the
@@ -40,12 +40,13 @@ from scripts.studies.factory import make_agent, study_config
 SMOKE = {"n_layer": 1, "n_embd": 64, "iterations": 1, "threads": 1}
 
 # Each method's batch: PPO and REINFORCE 8 completions per iteration (REINFORCE and GRPO as 2
-# prompts × 4 samples), DPO 4 pairs per step.
+# prompts × 4 samples, online DPO as 4 prompts × 2), DPO 4 pairs per step.
 SIZES = {
     "ppo": {"batch_size": 8, "minibatch_size": 4, "epochs": 2},
     "reinforce": {"batch_size": 2, "k": 4, "minibatch_size": 8},
     "grpo": {"batch_size": 2, "group_size": 4, "minibatch_size": 8},
     "dpo": {"batch_size": 4, "eval_prompts": 0, "max_length": 32, "save_every": 1000},
+    "online_dpo": {"batch_size": 4, "k": 2},
 }
 SETUPS = tuple(f"{m}-{mode}" for m in names(role="method") for mode in ("full", "lora"))
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from agents.dpo import DPO, DPOConfig
 from agents.harness.distributed import print_on_main, set_num_threads
 from agents.harness.logging import run_dir_for
 from agents.harness.run import FINAL_DIR
-from scripts.flags import add_dataclass_args
-from scripts.options import config_from_args, json_object, require_writable
+from scripts.flags import add_dataclass_args, json_object
+from scripts.options import config_from_args, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:

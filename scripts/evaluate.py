@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scripts.options import json_object, require_writable
+from scripts.flags import json_object
+from scripts.options import require_writable
 
 DEFAULT_JUDGE_STEPS = 100
 

@@ -16,7 +16,9 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import json
 import textwrap
+import typing
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -61,6 +63,21 @@ def _bool(text: str) -> bool:
 _ITEM_NAMES = {int: "an int", float: "a float", str: "a string", _bool: "true/false"}
 
 
+def json_object(text: str) -> dict:
+    """``type=`` for options taking a JSON object, e.g. ``--task-kwargs '{"max_operand": 9}'``
+    (argparse names the option in the error)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(
+            f"invalid JSON {text!r} ({e.msg} at column {e.colno}); "
+            "expected an object such as '{\"max_operand\": 9}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
+
+
 def _scalar(annotation: Any) -> tuple[Callable[[str], Any], tuple | None]:
     """``(converter, choices)`` for ``int``, ``float``, ``str``, ``bool`` or a ``Literal`` of
     strings or of integers."""
@@ -71,6 +88,8 @@ def _scalar(annotation: Any) -> tuple[Callable[[str], Any], tuple | None]:
         return _bool, None
     if annotation in (int, float, str):
         return annotation, None
+    if annotation is dict or typing.get_origin(annotation) is dict:
+        return json_object, None
     raise TypeError(f"no command-line conversion for field type {annotation!r}")
 
 
@@ -137,14 +156,21 @@ def _shown(default: Any) -> Any:
 
 
 def add_dataclass_args(
-    parser: argparse.ArgumentParser, cls: type, title: str | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str | None = None,
+    exclude: tuple[str, ...] = (),
+    namespace: str = "cfg",
 ) -> None:
-    """One ``--option`` per leaf field of ``cls`` (nested groups flattened), defaulting to the
-    field's default."""
+    """One ``--option`` per leaf field of ``cls`` (nested groups flattened) but those in
+    ``exclude``, defaulting to the field's default; ``namespace`` keeps two configs' options
+    apart on one parser (the agent's ``cfg``, the env's ``env``)."""
     group_ = parser.add_argument_group(title or cls.__name__)
     for name, dest, annotation, default, doc in _fields(cls):
+        if dest in exclude:
+            continue
         annotation, optional = unwrap_optional(annotation)
-        flag, dest = f"--{name.replace('_', '-')}", "cfg:" + dest
+        flag, dest = f"--{name.replace('_', '-')}", f"{namespace}:{dest}"
         sequence = sequence_type(annotation)
         text = f"{doc} (default: {_shown(default)})"
         if sequence:
@@ -187,8 +213,9 @@ def add_dataclass_args(
         )
 
 
-def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build ``cls`` (and its groups) from the options ``add_dataclass_args`` added; an invalid
-    value is a parser-style error naming the option."""
-    values = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+def dataclass_from_args(cls: type, args: argparse.Namespace, namespace: str = "cfg") -> Any:
+    """Build ``cls`` (and its groups) from the options ``add_dataclass_args`` added under
+    ``namespace``; an invalid value is a parser-style error naming the option."""
+    prefix = namespace + ":"
+    values = {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
     return build_config(cls, values)

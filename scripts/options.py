@@ -5,27 +5,11 @@ the benchmarks' ``--smoke``, and the tiny-model defaults of a run without ``--po
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 from scripts.flags import dataclass_from_args
 from scripts.studies.stages import check_writable
-
-
-def json_object(text: str) -> dict:
-    """``type=`` for options taking a JSON object, e.g. ``--task-kwargs '{"max_operand": 9}'``
-    (argparse names the option in the error)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(
-            f"invalid JSON {text!r} ({e.msg} at column {e.colno}); "
-            "expected an object such as '{\"max_operand\": 9}'"
-        ) from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
-    return value
 
 
 def require_writable(
@@ -64,12 +48,14 @@ def reparse_with_defaults(
     return parser.parse_args(argv)
 
 
-def config_from_args(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace) -> Any:
+def config_from_args(
+    parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace, namespace: str = "cfg"
+) -> Any:
     """``dataclass_from_args(cls, args)``; a value the config rejects (``ValueError``,
     ``TypeError``, a missing directory) is a command-line error (exit status 2) naming the
     option, as argparse's own are, before any work starts — never a traceback."""
     try:
-        return dataclass_from_args(cls, args)
+        return dataclass_from_args(cls, args, namespace)
     except (ValueError, TypeError, FileNotFoundError) as e:
         message = str(e)
         # config errors start with the field's name ("max_grad_norm must be >= 0, got -1.0";
@@ -77,7 +63,7 @@ def config_from_args(parser: argparse.ArgumentParser, cls: type, args: argparse.
         flags = [
             flag
             for action in parser._actions
-            if action.dest.startswith("cfg:")
+            if action.dest.startswith(namespace + ":")
             for flag in action.option_strings
             if flag.startswith("--")
             and not flag.startswith("--no-")

@@ -11,8 +11,8 @@ import json
 
 from agents.data.preferences import PreferenceConfig, sample_preferences
 from agents.harness.distributed import set_num_threads
-from scripts.flags import add_dataclass_args
-from scripts.options import config_from_args, json_object, require_writable
+from scripts.flags import add_dataclass_args, json_object
+from scripts.options import config_from_args, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ from agents.data.process_labels import LABELS, StepLabelConfig, sample_step_data
 from agents.harness.distributed import print_on_main, set_num_threads
 from agents.harness.logging import run_dir_for
 from agents.prm import PRMConfig, PRMTrainer
-from scripts.flags import add_dataclass_args
-from scripts.options import config_from_args, json_object, require_writable
+from scripts.flags import add_dataclass_args, json_object
+from scripts.options import config_from_args, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:

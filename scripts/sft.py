@@ -13,13 +13,8 @@ from agents.harness.distributed import print_on_main, set_num_threads
 from agents.harness.logging import run_dir_for
 from agents.presets import TINY_MODEL_OPTIONS
 from agents.sft import SFT, SFTConfig, pretrain_on_task
-from scripts.flags import add_dataclass_args
-from scripts.options import (
-    config_from_args,
-    json_object,
-    reparse_with_defaults,
-    require_writable,
-)
+from scripts.flags import add_dataclass_args, json_object
+from scripts.options import config_from_args, reparse_with_defaults, require_writable
 
 
 def build_parser() -> argparse.ArgumentParser:

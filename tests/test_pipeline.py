@@ -13,6 +13,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from agents.harness.logging import RunLogger
+from agents.registry import names
 from scripts.compare import main as compare_main
 from scripts.studies.pipeline.config import PipelineConfig
 from scripts.studies.pipeline.study import Pipeline
@@ -39,7 +40,8 @@ def assert_png(path: Path) -> None:
 
 
 BETAS = (0.03, 0.1, 0.3, 1.0)  # the default sweep
-RUNS = [f"{m}-beta{b:g}" for m in ("ppo", "reinforce", "grpo", "dpo") for b in BETAS]
+METHODS = names(role="method")  # the default methods: every registered fine-tuning method
+RUNS = [f"{m}-beta{b:g}" for m in METHODS for b in BETAS]
 
 
 @pytest.mark.slow
@@ -58,7 +60,7 @@ def test_quick_pipeline_writes_events_report_results_and_plots(quick_run):
     saved = json.loads((out / "results.json").read_text())
     names = [e["name"] for e in saved["evaluations"]]
     assert names == ["sft", *RUNS]
-    for method in ("ppo", "reinforce", "grpo", "dpo"):  # one frontier point per β, by KL
+    for method in METHODS:  # one frontier point per β, by KL
         points = saved["frontiers"][method]
         assert sorted(p["beta"] for p in points) == list(BETAS)
         assert [p["kl_ref"] for p in points] == sorted(p["kl_ref"] for p in points)

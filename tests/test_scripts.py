@@ -17,6 +17,7 @@ from scripts import (
     bench_env,
     bench_grpo,
     bench_memory,
+    bench_online_dpo,
     bench_ppo,
     bench_real,
     cli,
@@ -24,6 +25,7 @@ from scripts import (
     dpo,
     evaluate,
     grpo,
+    online_dpo,
     pipeline,
     ppo,
     preferences,
@@ -88,8 +90,12 @@ def test_dpo_cli(trained, tmp_path, capsys):
         (ppo.main, ["--batch-size", "4", "--minibatch-size", "2", "--epochs", "1"]),
         (reinforce.main, ["--batch-size", "2", "--k", "2", "--minibatch-size", "4"]),
         (grpo.main, ["--batch-size", "2", "--group-size", "2", "--loss-type", "dr_grpo"]),
+        (
+            online_dpo.main,
+            "--batch-size 2 --labels bradley_terry --rounds 2 --mixture-coef 0.5".split(),
+        ),
     ],
-    ids=["ppo", "reinforce", "grpo"],
+    ids=["ppo", "reinforce", "grpo", "online_dpo"],
 )
 def test_online_clis(trained, tmp_path, capsys, main, sizes):
     main(["--policy", str(trained / "policy"), *TASK, "--reward-model", str(trained / "rm"),
@@ -114,7 +120,9 @@ def test_ppo_cli_with_a_process_reward_model(tmp_path):
 def test_step_boundary_without_a_process_reward_model_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ppo.main(["--step-boundary", ";", "--run-dir", str(tmp_path / "r")])
-    assert "--step-boundary needs --process-reward-model" in capsys.readouterr().err
+    assert "step_boundary=';' / process_reward_mode='step' given without process_reward_model" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -205,8 +213,9 @@ def ratios(text: str, pattern: str = r"ratio=(\S+)") -> list[float]:
 
 @pytest.mark.parametrize("main, tag", [(bench_env.main, "env_rollout_vs_generate"),
                                        (bench_ppo.main, "ppo_iter_vs_primitives"),
-                                       (bench_grpo.main, "grpo_iter_vs_primitives")],
-                         ids=["bench_env", "bench_ppo", "bench_grpo"])  # fmt: skip
+                                       (bench_grpo.main, "grpo_iter_vs_primitives"),
+                                       (bench_online_dpo.main, "online_dpo_iter_vs_primitives")],
+                         ids=["bench_env", "bench_ppo", "bench_grpo", "bench_online_dpo"])  # fmt: skip
 def test_benchmark_smoke(capsys, main, tag):
     main(["--smoke"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -264,7 +273,8 @@ def test_bench_memory_smoke(capsys):
         (
             "--task",
             "chess",
-            "--task 'chess': unknown task; choose from arithmetic, arithmetic_chain, sentiment",
+            "--task 'chess': unknown task; choose from arithmetic, arithmetic_chain, "
+            "arithmetic_reasoning, sentiment",
         ),
         ("--precision", "fp8", "--precision 'fp8': choose from auto, bf16, fp32"),
     ],

@@ -162,7 +162,7 @@ def test_build_config_takes_lists_or_tuples_for_sequence_fields():
 def test_a_type_without_conversion_is_an_error_naming_it():
     @dataclasses.dataclass
     class Untyped:
-        table: dict = dataclasses.field(default_factory=dict)
+        table: set = dataclasses.field(default_factory=set)
 
     with pytest.raises(TypeError, match="no command-line conversion for field type"):
         add_dataclass_args(argparse.ArgumentParser(), Untyped)

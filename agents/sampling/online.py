@@ -35,6 +35,7 @@ from agents.models.policy import (
 )
 from agents.models.precision import autocast, resolve_precision
 from agents.sampling.rollout import Rollout, rollout
+from llm_env.config import EnvConfig
 from llm_env.vector import TokenMDPVectorEnv
 from reward_models.base import RewardModelError
 
@@ -199,18 +200,15 @@ def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module
 
 
 def make_rollout_env(
-    tokenizer, env_kwargs: dict | None, reward_model, num_envs: int, dist: Distributed
+    tokenizer, env: EnvConfig | dict | None, reward_model, num_envs: int, dist: Distributed
 ) -> TokenMDPVectorEnv:
-    """The lockstep vector env this process rolls out through (its share of ``num_envs``)."""
-    env_kwargs = dict(env_kwargs or {})
+    """The lockstep vector env this process rolls out through (its share of ``num_envs``), on
+    the agent's tokenizer; ``env``: an ``EnvConfig`` or a dict of its fields."""
+    changes = {"tokenizer": tokenizer}
     if reward_model is not None:
-        env_kwargs["reward_model"] = reward_model
-    return TokenMDPVectorEnv(
-        num_envs=num_envs // dist.world_size,
-        autoreset_mode="disabled",
-        tokenizer=tokenizer,
-        **env_kwargs,
-    )
+        changes["reward_model"] = reward_model
+    config = EnvConfig.of(env, **changes)
+    return TokenMDPVectorEnv(num_envs // dist.world_size, config, autoreset_mode="disabled")
 
 
 def warn_if_truncating(sampling: SamplingConfig) -> None:
@@ -249,7 +247,7 @@ def init_online_agent(
     agent,
     policy,
     tokenizer,
-    env_kwargs: dict | None,
+    env: EnvConfig | dict | None,
     reward_model,
     num_envs: int,
     needs_reference: bool = True,
@@ -272,10 +270,10 @@ def init_online_agent(
         agent.dist.place(agent.ref)
     if config.gradient_checkpointing:  # after the reference's copy: π_ref is never trained
         enable_gradient_checkpointing(agent.policy)
-    env_kwargs = dict(env_kwargs or {})  # the checkpoint's own stop ids end episodes too
+    env = EnvConfig.of(env)  # the checkpoint's own stop ids end episodes too
     stops = stop_ids(agent.tokenizer, getattr(agent.policy, "generation_config", None))
-    env_kwargs["stop_token_ids"] = sorted(stops | set(env_kwargs.get("stop_token_ids") or ()))
-    agent.env = make_rollout_env(agent.tokenizer, env_kwargs, reward_model, num_envs, agent.dist)
+    env = EnvConfig.of(env, stop_token_ids=tuple(sorted(stops | set(env.stop_token_ids))))
+    agent.env = make_rollout_env(agent.tokenizer, env, reward_model, num_envs, agent.dist)
     agent.vocab_size = len(agent.tokenizer)  # the actions; a padded embedding's extra rows are not
     agent.sampling = config.sampling
     warn_if_truncating(config.sampling)
@@ -330,16 +328,19 @@ def online_steps(total_prompts: int, batch_size: int) -> int:
     return -(-total_prompts // batch_size)
 
 
-def sample(agent, prompts: list[str], group_size: int = 1) -> Rollout:
+def sample(
+    agent, prompts: list[str], group_size: int = 1, model: torch.nn.Module | None = None
+) -> Rollout:
     """``group_size`` completions of each prompt through ``agent.env``, rolled out together
-    (prompt-major: a prompt's G samples are consecutive rows, ``Rollout.grouped``). A failing
-    reward model stops the run through ``agent._stop`` (on every process), naming it."""
+    (prompt-major: a prompt's G samples are consecutive rows, ``Rollout.grouped``), from
+    ``model`` (default ``agent.policy``; online DPO's Nash-MD mixture). A failing reward model
+    stops the run through ``agent._stop`` (on every process), naming it."""
     error, roll = None, None
     repeated = [p for p in prompts for _ in range(group_size)]
     try:
         roll = rollout(
-            agent.policy, agent.env, agent.sampling, agent.generator, repeated, None,
-            agent.precision, group_size,
+            agent.policy if model is None else model, agent.env, agent.sampling,
+            agent.generator, repeated, None, agent.precision, group_size,
         )  # fmt: skip
     except RewardModelError as e:
         error = e

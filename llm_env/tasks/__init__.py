@@ -1,5 +1,6 @@
 """Built-in tasks and the task registry: ``make_task("sentiment")``, ``make_task("arithmetic",
-max_operand=9)``, ``make_task("arithmetic_chain", num_terms=3)``, ``make_task("jsonl",
+max_operand=9)``, ``make_task("arithmetic_chain", num_terms=3)``,
+``make_task("arithmetic_reasoning", steps_fraction=0.1)``, ``make_task("jsonl",
 path="prompts.jsonl")``."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from functools import lru_cache
 
 from llm_env.tasks.arithmetic import make_arithmetic_task
 from llm_env.tasks.arithmetic_chain import make_arithmetic_chain_task
+from llm_env.tasks.arithmetic_reasoning import make_arithmetic_reasoning_task
 from llm_env.tasks.base import Task
 from llm_env.tasks.jsonl import JsonlError, make_jsonl_task, read_jsonl
 
@@ -24,6 +26,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "sentiment": _sentiment,
     "arithmetic": make_arithmetic_task,
     "arithmetic_chain": make_arithmetic_chain_task,
+    "arithmetic_reasoning": make_arithmetic_reasoning_task,
     "jsonl": make_jsonl_task,
 }
 DEFAULT_TASK = "sentiment"

@@ -11,13 +11,16 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from transformers import PreTrainedTokenizerFast
 
 from llm_env.tasks.base import Task
 from llm_env.tokenizer import train_tokenizer
 from reward_models.arithmetic_chain import SEPARATOR, chain_solution
 
 
-def _problems(num_terms: int, max_operand: int, num_problems: int, seed: int) -> list[tuple]:
+def chain_problems(
+    num_terms: int, max_operand: int, num_problems: int, seed: int
+) -> list[tuple[int, ...]]:
     """``num_problems`` distinct term tuples in ``[0, max_operand]`` (all of them if fewer)."""
     if (max_operand + 1) ** num_terms <= num_problems:
         return list(itertools.product(range(max_operand + 1), repeat=num_terms))
@@ -28,8 +31,15 @@ def _problems(num_terms: int, max_operand: int, num_problems: int, seed: int) ->
     return list(chosen)
 
 
-def _prompt(terms: tuple) -> str:
+def chain_prompt(terms: tuple[int, ...]) -> str:
+    """``(12, 7, 30) -> "12+7+30="``."""
     return "+".join(map(str, terms)) + "="
+
+
+def chain_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """The chains' tokenizer: BPE (digits split) trained on ``texts`` and a seed text where every
+    symbol sits between digits, so it learns no merge: each of ``0-9 + = ;`` is one token."""
+    return train_tokenizer(["0+1=2;3+4=5;6+7=8;9", *texts], vocab_size=32, split_digits=True)
 
 
 def _longest_completion(num_terms: int, max_operand: int) -> int:
@@ -47,10 +57,9 @@ def make_arithmetic_chain_task(
     """``num_problems`` sums of ``num_terms`` terms in ``[0, max_operand]``, split into train and
     eval prompts; demonstrations are the training problems solved step by step.
 
-    The tokenizer is a BPE model trained like ``arithmetic``'s (digits split) on text where
-    every symbol sits between digits, so it learns no merge: each of ``0-9 + = ;`` is one token
-    (``";"`` closes a step on its own token) and ``max_new_tokens`` is the longest answer, in
-    characters, plus EOS.
+    The tokenizer (``chain_tokenizer``) makes each of ``0-9 + = ;`` one token (``";"`` closes
+    a step on its own token), so ``max_new_tokens`` is the longest answer, in characters, plus
+    EOS.
     """
     for name, value, least in (
         ("num_terms", num_terms, 2),  # a chain has at least one step
@@ -59,10 +68,10 @@ def make_arithmetic_chain_task(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    problems = _problems(num_terms, max_operand, num_problems, seed)
+    problems = chain_problems(num_terms, max_operand, num_problems, seed)
     order = np.random.default_rng(seed).permutation(len(problems))
     n_eval = max(1, int(round(eval_fraction * len(problems))))
-    pairs = [(_prompt(problems[i]), chain_solution(problems[i])) for i in order]
+    pairs = [(chain_prompt(problems[i]), chain_solution(problems[i])) for i in order]
     eval_set, train_set = pairs[:n_eval], pairs[n_eval:]
     return Task(
         name="arithmetic_chain",
@@ -71,12 +80,8 @@ def make_arithmetic_chain_task(
         demonstrations=tuple(train_set),
         gold_reward="arithmetic_chain",
         max_new_tokens=_longest_completion(num_terms, max_operand) + 1,
-        max_prompt_tokens=len(_prompt((max_operand,) * num_terms)) + 1,  # + the "▁" prefix
-        make_tokenizer=lambda: train_tokenizer(
-            ["0+1=2;3+4=5;6+7=8;9", *(p + c for p, c in pairs[:50])],
-            vocab_size=32,
-            split_digits=True,
-        ),
+        max_prompt_tokens=len(chain_prompt((max_operand,) * num_terms)) + 1,  # + the "▁" prefix
+        make_tokenizer=lambda: chain_tokenizer([p + c for p, c in pairs[:50]]),
         step_separator=SEPARATOR,
         gold_process_reward="arithmetic_chain_steps",
     )
