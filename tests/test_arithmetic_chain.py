@@ -14,16 +14,7 @@ from llm_env import TokenMDPEnv
 from llm_env.tasks import TASKS, make_task
 from reward_models import REWARD_MODELS, load_reward_model
 from reward_models.arithmetic_chain import chain_terms, steps_correct
-
-CHAIN = {"task": "arithmetic_chain", "task_kwargs": {"num_terms": 3, "max_operand": 9}}
-
-
-def ids(tokenizer, text: str) -> list[int]:
-    """One token per character of ``text`` ("$" is EOS): the chain tokenizer's granularity."""
-    return [
-        tokenizer.eos_token_id if ch == "$" else tokenizer.convert_tokens_to_ids(ch) for ch in text
-    ]
-
+from tests.helpers import CHAIN, ids
 
 # prompt, completion: (outcome reward, verdict of each step, process reward = their fraction)
 CHAINS = {

@@ -12,7 +12,7 @@ from llm_env import TokenMDPEnv
 from llm_env.tasks import TASKS, make_task
 from llm_env.tasks.arithmetic_reasoning import writes_steps
 from reward_models import load_reward_model
-from tests.test_arithmetic_chain import ids
+from tests.helpers import ids
 
 SMALL = {"num_terms": 3, "max_operand": 99, "num_problems": 200}
 REASONING = {"task": "arithmetic_reasoning", "task_kwargs": SMALL}

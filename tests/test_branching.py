@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from llm_env import TokenMDPEnv, TokenMDPVectorEnv
-from tests.test_arithmetic_chain import CHAIN, ids
-from tests.test_process_rewards import PROMPT, Arbitrary
+from tests.helpers import CHAIN, PROMPT, Arbitrary, ids
 
 ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
 PROCESS = {

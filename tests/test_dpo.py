@@ -19,6 +19,7 @@ from agents.presets import tiny_model_config
 from llm_env.tasks import JsonlError
 from reward_models.base import load_reward_model
 from scripts.studies.report.runs import read_scalars
+from tests.helpers import sequence_logp
 from tests.interrupt import learn_until_killed
 
 # two pairs: log-ratios chosen [0.5, 0.0], rejected [-0.5, -0.5] → h = [1.0, 0.5]
@@ -64,17 +65,6 @@ def test_conservative_with_zero_smoothing_is_dpo():
     a, _ = dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, 0.3, "sigmoid")
     b, _ = dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, 0.3, "conservative")
     assert a.item() == pytest.approx(b.item())
-
-
-def sequence_logp(model, tokenizer, prompt: str, completion: str) -> float:
-    """log π(completion + <eos> | prompt), one unpadded sequence at a time."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"][len(p) :]
-    ids = torch.tensor([p + c + [tokenizer.eos_token_id]])
-    with torch.no_grad():
-        logprobs = model(input_ids=ids).logits.log_softmax(-1)[0, :-1]
-    targets = ids[0, 1:]
-    return float(logprobs[torch.arange(len(targets)), targets][len(p) - 1 :].sum())
 
 
 def test_concatenated_padded_pass_matches_one_sequence_at_a_time(

@@ -23,7 +23,7 @@ from agents.maths.losses import clipped_surrogate
 from agents.sampling.rollout import Rollout
 from reward_models.base import FunctionRewardModel
 from tests import toy
-from tests.test_ppo import ARITH
+from tests.helpers import ARITH
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 6.0]])  # 2 prompts, G = 4
 

@@ -27,8 +27,8 @@ from agents.maths.losses import (
 from llm_env.tasks import Task
 from reward_models.base import FunctionRewardModel
 from tests import toy
+from tests.helpers import ARITH
 from tests.pretrained import chat_prompts
-from tests.test_ppo import ARITH
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ from agents.maths.metrics import length_metrics
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.sampling.rollout import Rollout
-from tests.test_ppo import ARITH
+from tests.helpers import ARITH
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

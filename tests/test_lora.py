@@ -33,8 +33,8 @@ from scripts import dpo as dpo_script
 from scripts import train as train_script
 from scripts.flags import dataclass_from_args
 from tests import toy
+from tests.helpers import sequence_logp
 from tests.interrupt import learn_until_killed
-from tests.test_dpo import sequence_logp
 
 # an untrained policy never answers right (reward 0 everywhere, nothing to learn): reward length
 ARITH = {

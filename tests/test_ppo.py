@@ -19,10 +19,8 @@ from agents.maths.kl import KLConfig
 from agents.ppo import PPO, PPOConfig
 from reward_models.base import FunctionRewardModel
 from tests import toy
+from tests.helpers import ARITH, stable
 from tests.interrupt import learn_until_killed
-
-ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
-VOLATILE = ("perf/", "time/")
 
 
 def small_config(optim=None, kl=None, **overrides) -> PPOConfig:
@@ -31,10 +29,6 @@ def small_config(optim=None, kl=None, **overrides) -> PPOConfig:
     )  # fmt: skip
     optim = OptimConfig(**{"learning_rate": 1e-3, **(optim or {})})
     return PPOConfig(**{**base, **overrides}, optim=optim, kl=KLConfig(**(kl or {})))
-
-
-def stable(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if not k.startswith(VOLATILE)} for h in history]
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from reward_models.arithmetic_chain import steps_correct
 from reward_models.base import FunctionRewardModel
 from reward_models.implicit import ImplicitProcessRewardModel
 from reward_models.prm import IGNORE, encode_steps, pad_step_rows, split_steps
-from tests.test_arithmetic_chain import CHAIN, ids
+from tests.helpers import CHAIN, ids
 
 PROMPT = "6+7+9="  # 7 tokens: "▁", "6", "+", "7", "+", "9", "="
 

@@ -26,7 +26,7 @@ from agents.sampling.rollout import rollout
 from llm_env import TokenMDPVectorEnv
 from reward_models.base import FunctionRewardModel
 from tests import toy
-from tests.test_arithmetic_chain import CHAIN, ids
+from tests.helpers import CHAIN, ids
 
 PROMPT = "6+7+9="
 

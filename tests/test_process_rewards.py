@@ -12,10 +12,7 @@ from gymnasium.utils.env_checker import check_env
 
 from llm_env import TokenMDPEnv, TokenMDPVectorEnv
 from reward_models import RewardModelError, load_reward_model
-from tests.test_arithmetic_chain import CHAIN, ids
-
-ARITH = {"task": "arithmetic", "task_kwargs": {"max_operand": 9}}
-PROMPT = "6+7+9="  # = 22; max_new_tokens is 15 for three single-digit terms
+from tests.helpers import ARITH, CHAIN, PROMPT, Arbitrary, ids
 
 
 class Recording:
@@ -27,18 +24,6 @@ class Recording:
     def score(self, prompts, completions):
         self.calls.append(list(completions))
         return self.model.score(prompts, completions)
-
-
-class Arbitrary:
-    """A process score that changes with almost every character: digits summed, length added."""
-
-    name = "arbitrary"
-
-    def score(self, prompts, completions):
-        return np.array(
-            [sum(int(c) for c in text if c.isdigit()) % 10 / 10 + len(text) / 100
-             for text in completions], dtype=np.float32,
-        )  # fmt: skip
 
 
 # completion ("$" = EOS): (step-mode process reward by token index, shaping's, outcome reward).

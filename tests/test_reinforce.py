@@ -12,7 +12,7 @@ from agents.harness.config import OptimConfig
 from agents.maths.kl import KLConfig
 from agents.reinforce import Reinforce, ReinforceConfig
 from tests import toy
-from tests.test_ppo import ARITH, stable
+from tests.helpers import ARITH, stable
 
 
 def small_config(optim=None, kl=None, **overrides) -> ReinforceConfig:
