@@ -18,6 +18,7 @@ COMMANDS = {
        for spec in AGENTS.values()},
     "kl-study": ("scripts.kl_study", "KL estimators k1/k2/k3 in the reward vs the loss, exactly"),
     "process-study": ("scripts.process_study", "do process rewards help PPO? (arithmetic_chain)"),
+    "length-study": ("scripts.length_study", "length, steps and entropy under GRPO variants"),
 }  # fmt: skip
 
 

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.evaluation import bootstrap_ci, evaluate
-from agents.models.policy import load_policy
 from scripts.studies.factory import make_agent, study_config
+from scripts.studies.heldout import EvalPoints, HeldoutSet
 from scripts.studies.process.report import write_report
 
 TASK = "arithmetic_chain"
@@ -127,47 +126,15 @@ class StudyConfig:
         return [int(s) for s in self.seeds.split(",")]
 
 
-class Evaluator:
+class Evaluator(HeldoutSet):
     """Pass@1 and KL to the SFT policy on the held-out prompts, the same samples' random stream
     at every call (common random numbers across methods and points)."""
-
-    def __init__(self, sft_dir: Path, repeats: int, env_kwargs: dict):
-        from llm_env.vector import TokenMDPVectorEnv
-
-        self.ref, tokenizer = load_policy(sft_dir)
-        self.ref.eval()
-        self.env = TokenMDPVectorEnv(
-            num_envs=50, autoreset_mode="disabled", tokenizer=tokenizer, split="eval", **env_kwargs
-        )
-        self.prompts = [p for p in self.env.setup.task.eval_prompts for _ in range(repeats)]
 
     def __call__(self, policy) -> dict:
         result = evaluate(policy, self.ref, self.env, self.prompts, seed=12345)
         low, high = bootstrap_ci(result.gold_rewards)
         return {"pass1": float(np.mean(result.gold_rewards)), "pass1_ci": [low, high],
                 "kl": float(np.mean(result.kls)), "length": float(np.mean(result.lengths))}  # fmt: skip
-
-
-class EvalPoints(BaseCallback):
-    """Evaluates the agent's policy every ``every`` iterations and at the end; x = completions
-    trained on (prompts consumed × ``per_prompt`` samples of each)."""
-
-    def __init__(self, evaluator: Evaluator, every: int, per_prompt: int = 1):
-        super().__init__()
-        self.evaluator, self.every, self.per_prompt, self.points = evaluator, every, per_prompt, []
-
-    def _record(self) -> None:
-        x = int(self.model.num_timesteps) * self.per_prompt
-        if not self.points or self.points[-1]["completions"] != x:
-            self.points.append({"completions": x, **self.evaluator(self.model.policy)})
-
-    def _on_step(self) -> bool:
-        if self.n_calls % self.every == 0:
-            self._record()
-        return True
-
-    def _on_training_end(self) -> None:
-        self._record()
 
 
 class Study:
