@@ -348,6 +348,8 @@ def evaluate_policies(
             "n": len(prompts),
             "quality_seconds": time.perf_counter() - start,
             "samples": result.samples,
+            "gold_rewards": [float(g) for g in result.gold_rewards],  # for paired comparisons
+            "samples_per_prompt": n,
         }
         if name in ("sft", "reference") and baseline is None:
             baseline = result.gold_rewards

@@ -18,6 +18,7 @@ from scripts.compare import main as compare_main
 from scripts.studies.pipeline.config import PipelineConfig
 from scripts.studies.pipeline.study import Pipeline
 from scripts.studies.report.runs import read_scalars
+from scripts.studies.stages import Clock
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -396,3 +397,35 @@ def test_estimate_sums_the_measured_rates_of_the_stages_left(recorded_stages, tm
     wider = pipeline("0.03,0.1,0.3,1")  # one more β: its two runs and the evaluation are left
     total, _ = wider.estimate(wider.plan())
     assert total == pytest.approx(cost["ppo"] + cost["dpo"] + (1 + runs + 2) * cost["evaluate"])
+
+
+def test_clock_rescales_the_time_left_by_the_measured_speed():
+    clock = Clock({"sft": 10.0, "rm": 0.0, "ppo": 20.0, "dpo": 30.0})
+    assert clock.slowdown is None and clock.left() == 60.0  # nothing ran: the reference
+    clock.record("sft", 15.0)  # 1.5x slower than the reference
+    assert clock.slowdown == 1.5 and clock.left() == pytest.approx(1.5 * 50)
+    clock.record("rm", 99.0)  # no reference time: leaves the plan, not the speed
+    assert clock.slowdown == 1.5
+    clock.record("ppo", 10.0)  # (15 + 10) / (10 + 20)
+    assert clock.slowdown == pytest.approx(25 / 30) and clock.left() == pytest.approx(25.0)
+    clock.record("dpo", 30.0)
+    assert clock.left() == 0.0
+
+
+def test_run_recalibrates_after_each_stage_and_keeps_the_estimates(recorded_stages, tmp_path):
+    """Stages that ran recalibrate the estimate; reused ones do not (time.json says so)."""
+    study = Pipeline(PipelineConfig(out=str(tmp_path), quick=True, methods="dpo", betas="0.1"))
+    study.run_stages()
+    timing = json.loads((tmp_path / "time.json").read_text())
+    after = [entry["after"] for entry in timing["calibrated"]]
+    assert after == [s.name for s in study.plan()]  # every stage has a quick reference time
+    last = timing["calibrated"][-1]
+    assert last["estimate_s"] == pytest.approx(last["elapsed_s"])  # nothing left
+    assert timing["took_s"] >= last["elapsed_s"]
+    seconds = {n: json.loads((tmp_path / "stages" / f"{n}.json").read_text())["seconds"]
+               for n in after}  # fmt: skip
+    reference = Pipeline(PipelineConfig(quick=True, methods="dpo", betas="0.1")).budget.seconds
+    first = timing["calibrated"][0]
+    assert first["slowdown"] == pytest.approx(seconds["sft"] / reference["sft"])
+    Pipeline(PipelineConfig(out=str(tmp_path), quick=True, methods="dpo", betas="0.1")).run_stages()
+    assert json.loads((tmp_path / "time.json").read_text())["calibrated"] == []  # all reused

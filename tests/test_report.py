@@ -77,3 +77,34 @@ def test_report_has_a_column_per_metric_and_the_fluency_plot(tmp_path):
     assert (tmp_path / "fluency_vs_kl.png").read_bytes()[:4] == b"\x89PNG"
     write_report([], [{**e, "judge_ppl": math.nan} for e in evals], tmp_path / "no-judge")
     assert not (tmp_path / "no-judge" / "fluency_vs_kl.png").exists()
+
+
+def test_paired_table_differences_and_intervals_at_matched_beta():
+    """A constant per-completion difference has a zero-width paired interval at that value; a
+    difference that is +1 on half the prompts and −1 on the other half has mean 0 and an interval
+    around 0; a method without that β, or without per-completion rewards, gets a dash."""
+    from scripts.studies.report.frontier import method_points, paired_table
+
+    base = [0.1, 0.5, -0.2, 0.4] * 8  # 32 completions, one per prompt
+
+    def point(name, rewards, kl=1.0):
+        return {"name": name, "gold_reward": float(sum(rewards) / len(rewards)), "kl_ref": kl,
+                "gold_ci": [0, 0], "gold_rewards": rewards, "samples_per_prompt": 1}  # fmt: skip
+
+    evals = [
+        point("sft", base),
+        point("online_dpo-beta0.1", [r + 0.25 for r in base], kl=2.0),
+        point("online_dpo-beta1", base),
+        point("dpo-beta0.1", base, kl=5.0),
+        point("dpo-beta1", [r + (1 if i % 2 else -1) for i, r in enumerate(base)]),
+        point("grpo-beta1", base) | {"gold_rewards": []},  # an older run: no per-completion rewards
+    ]
+    lines, results = paired_table(method_points(evals))
+    assert lines[0] == "| β | online_dpo − dpo | online_dpo − grpo |"
+    assert lines[2] == "| 0.1 | +0.250 [+0.250, +0.250] (KL 2.0 vs 5.0) | — |"
+    one = results["against"]["dpo"][1]
+    assert one["beta"] == 1.0 and one["gain"] == pytest.approx(0.0)
+    low, high = one["ci"]
+    assert -0.5 < low < 0 < high < 0.5  # ±1 on alternate prompts: mean 0, sd 1, n = 32
+    assert results["against"]["grpo"] == []
+    assert paired_table(method_points(evals[3:])) == ([], {})  # no online DPO: no table

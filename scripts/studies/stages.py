@@ -90,6 +90,34 @@ def measured(run_dir: Path):
 
 
 @dataclass
+class Clock:
+    """How long the stages left will take on this machine: their reference seconds (measured on
+    another machine) times this machine's speed relative to it, the ratio of measured to
+    reference seconds over the stages run so far. Before any stage ran, the reference itself."""
+
+    reference: dict[str, float]
+    """Reference seconds of each stage still to run."""
+    ran_seconds: float = 0.0
+    ran_reference: float = 0.0
+
+    def record(self, stage: str, seconds: float) -> None:
+        """``stage`` ran in ``seconds``; a stage without a reference time only leaves the plan."""
+        reference = self.reference.pop(stage, 0.0)
+        if reference > 0:
+            self.ran_seconds += seconds
+            self.ran_reference += reference
+
+    @property
+    def slowdown(self) -> float | None:
+        """Measured over reference seconds of the stages run (None before any ran)."""
+        return self.ran_seconds / self.ran_reference if self.ran_reference else None
+
+    def left(self) -> float:
+        """Seconds the stages left will take here."""
+        return sum(self.reference.values()) * (self.slowdown or 1.0)
+
+
+@dataclass
 class Stage:
     """One stage of a study: its inputs (hashed into its key with the keys of the stages
     ``after``), its work, and the outputs deleted when its key changes."""

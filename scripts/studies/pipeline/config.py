@@ -237,10 +237,11 @@ DEFAULT = Budget(sft_steps=1000, sft_batch=64, pref_prompts=2048, pref_k=2, rm_e
                  bon_n_max=64, model={"n_layer": 2, "n_head": 4, "n_embd": 128},
                  seconds={"sft": 49, "judge": 9, "preferences": 4, "reward_model": 8,
                           "best_of_n": 6, "ppo": 47, "reinforce": 50, "grpo": 49, "dpo": 10,
-                          "online_dpo": 21, "evaluate": 1.5})  # fmt: skip
-# online_dpo: 0.42x GRPO's time at these sizes (1024 prompts of 64: 6.2 s vs 14.8 s, same
-# machine, same run; 2 samples per prompt to GRPO's 4), so 0.42 x 49 s; on --quick the two
-# took the same time (27.8 s vs 28.6 s over four β on a busy machine): GRPO's 0.5 s.
+                          "online_dpo": 26, "evaluate": 1.85})  # fmt: skip
+# online_dpo and evaluate (per policy): from a full default run on a machine 1.22x slower than
+# the reference one (its RL stages' ratio): online DPO 0.54x GRPO's time there (30.8 s vs 56.7 s
+# a run), so 0.54 x 49 s; the evaluation 47.6 s for 21 policies, / 1.22. On --quick online DPO
+# and GRPO took the same time (27.8 s vs 28.6 s over four β on a busy machine): GRPO's 0.5 s.
 
 
 QUICK = Budget(sft_steps=40, sft_batch=32, pref_prompts=64, pref_k=2, rm_epochs=1,

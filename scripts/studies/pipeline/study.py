@@ -53,7 +53,7 @@ from scripts.studies.report.frontier import best_of_n_curves
 from scripts.studies.report.runs import find_agent_runs
 from scripts.studies.report.tables import markdown_table
 from scripts.studies.report.writer import write_report
-from scripts.studies.stages import Stage, StageRunner, check_writable, measured, write_json
+from scripts.studies.stages import Clock, Stage, StageRunner, check_writable, measured, write_json
 
 
 def base_agent(method: str) -> str:
@@ -176,29 +176,68 @@ class Pipeline:
         plan.append(Stage("evaluate", evaluate, self.evaluate, [], after))
         return self.runner.key(plan)
 
+    def stage_seconds(self, plan: list[Stage]) -> dict[str, float]:
+        """Reference seconds of each stage of ``plan`` not finished with the same key, at the
+        rates of ``Budget.seconds`` (SFT scaled by its steps; the evaluation by its policies)."""
+        cost, left = self.budget.seconds, {}
+        for stage in plan:
+            if self.runner.finished(stage) is not None:
+                continue
+            kind = stage.name.split("-beta")[0].replace("_gold", "")
+            seconds = cost.get(kind, 0.0)
+            if kind == "sft":
+                seconds *= (self.preset.sft_steps or self.budget.sft_steps) / self.budget.sft_steps
+            elif kind == "evaluate":
+                seconds *= 1 + len(self.methods())
+            left[stage.name] = seconds
+        return left
+
     def estimate(self, plan: list[Stage]) -> tuple[float, str]:
         """Seconds the stages of ``plan`` not finished with the same key will take, at the
         measured rates of ``Budget.seconds``, and how that adds up."""
         cost = self.budget.seconds
-        todo = [stage.name for stage in plan if self.runner.finished(stage) is None]
-        kinds = [name.split("-beta")[0].replace("_gold", "") for name in todo]
-        policies = (1 + len(self.methods())) if "evaluate" in todo else 0
+        left = self.stage_seconds(plan)
+        kinds = [name.split("-beta")[0].replace("_gold", "") for name in left]
+        policies = (1 + len(self.methods())) if "evaluate" in left else 0
         kinds = [k for k in kinds if k != "evaluate"] + ["evaluate"] * policies
-        total = sum(cost.get(k, 0.0) for k in kinds)
         parts = [f"{k} {cost.get(k, 0.0):.2g}s" + (f" ×{kinds.count(k)}" if kinds.count(k) > 1 else "")
                  for k in dict.fromkeys(kinds)]  # fmt: skip
-        return total, ", ".join(parts) or "nothing left to run"
+        return sum(left.values()), ", ".join(parts) or "nothing left to run"
 
     def run_stages(self) -> list[dict]:
-        """Train and evaluate (each stage keyed by its inputs); the evaluations."""
+        """Train and evaluate (each stage keyed by its inputs); the evaluations. The estimate
+        printed first is at the reference machine's rates; after each stage that ran, the time
+        left is recalibrated by this machine's measured speed (``Clock``), and ``time.json``
+        in the run directory keeps the estimates beside the time it took."""
+        import time
+
         from agents.harness.distributed import set_num_threads
 
         set_num_threads()
+        start = time.perf_counter()
         plan = self.plan()
         total, parts = self.estimate(plan)
-        print(f"== estimate: ~{total / 60:.1f} min on 2 quiet cores at the sentiment study's "
-              f"measured rates ({parts}); finished stages are reused")  # fmt: skip
-        results = {stage.name: self.runner.run(stage) for stage in plan}
+        clock = Clock(self.stage_seconds(plan))
+        print(f"== estimate: ~{total / 60:.1f} min at the reference rates (2 quiet cores, the "
+              f"sentiment study: {parts}); recalibrated on this machine as stages finish; "
+              "finished stages are reused")  # fmt: skip
+        timing = {"estimate_s": total, "calibrated": []}
+        results = {}
+        for stage in plan:
+            ran = self.runner.finished(stage) is None
+            results[stage.name] = self.runner.run(stage)
+            if ran and stage.name in clock.reference:
+                clock.record(stage.name, results[stage.name]["seconds"])
+                elapsed = time.perf_counter() - start
+                timing["calibrated"].append({"after": stage.name, "elapsed_s": elapsed,
+                                             "slowdown": clock.slowdown,
+                                             "estimate_s": elapsed + clock.left()})  # fmt: skip
+                if clock.reference:
+                    print(f"   ~{clock.left() / 60:.1f} min left on this machine "
+                          f"({clock.slowdown:.2f}× the reference time so far)")  # fmt: skip
+        timing["took_s"] = time.perf_counter() - start
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "time.json", timing)
         return results["evaluate"]["evaluations"]
 
     def sft_config(self, name: str):

@@ -153,6 +153,44 @@ def dominance_lines(groups: dict[str, list[dict]], bon: dict | None) -> list[str
     return lines
 
 
+PAIRED_FOCUS = "online_dpo"
+"""The method the study's paired table compares with every other at the same β: does sampling
+from the current policy close offline DPO's gap to the RL methods?"""
+
+
+def paired_table(groups: dict[str, list[dict]], focus: str = PAIRED_FOCUS) -> tuple[list, dict]:
+    """At every β ``focus`` ran, its gold reward minus each other method's at that β, with the
+    paired 95% interval (``agents.evaluation.paired_gain_ci``: the same held-out prompts in the
+    same order, resampled together); a markdown table and its ``results.json`` entries.
+    Evaluations without per-completion rewards (older runs) get a dash."""
+    from agents.evaluation import paired_gain_ci
+
+    if focus not in groups:
+        return [], {}
+    others = [m for m in groups if m != focus]
+    by_beta = {m: {p["beta"]: p for p in points if math.isfinite(p["beta"])}
+               for m, points in groups.items()}  # fmt: skip
+    lines = ["| β | " + " | ".join(f"{focus} − {o}" for o in others) + " |",
+             "|---|" + "---|" * len(others)]  # fmt: skip
+    results: dict[str, list] = {o: [] for o in others}
+    for beta, p in sorted(by_beta[focus].items()):
+        cells = []
+        for other in others:
+            q = by_beta[other].get(beta)
+            if q is None or len(p.get("gold_rewards", ())) != len(q.get("gold_rewards", [0])):
+                cells.append("—")
+                continue
+            diff = float(np.mean(p["gold_rewards"]) - np.mean(q["gold_rewards"]))
+            low, high = paired_gain_ci(p["gold_rewards"], q["gold_rewards"],
+                                       p.get("samples_per_prompt", 1))  # fmt: skip
+            results[other].append({"beta": beta, "gain": diff, "ci": [low, high],
+                                   "kl": [p["kl_ref"], q["kl_ref"]]})  # fmt: skip
+            cells.append(f"{diff:+.3f} [{low:+.3f}, {high:+.3f}] (KL {p['kl_ref']:.1f} vs "
+                         f"{q['kl_ref']:.1f})")  # fmt: skip
+        lines.append(f"| {beta:g} | " + " | ".join(cells) + " |")
+    return lines, {"focus": focus, "against": results}
+
+
 def proxy_gold_lines(groups: dict[str, list[dict]], bon: dict | None) -> list[str]:
     """Where the optimised (learned) reward rose while the gold fell: along each method's β
     sweep (in order of KL) and along best-of-n with the learned reward."""
@@ -376,10 +414,19 @@ def frontier_section(
               "Each point against the other curves at its own KL (linear between their points):",
               ""]  # fmt: skip
     lines += dominance_lines(groups, bon)
+    paired, paired_results = paired_table(groups)
+    if paired:
+        lines += ["", f"### {PAIRED_FOCUS} against each method at the same β", "",
+                  "Gold reward difference with its paired 95% interval (the same held-out "
+                  "prompts; an interval above 0: better at that β beyond the noise); each "
+                  "side's KL in brackets, since the same β need not give the same KL:", "",
+                  *paired]  # fmt: skip
     lines += ["", "### Where the proxy rose while the gold fell", ""]
     lines += proxy_gold_lines(groups, bon)
     results = {"best_of_n": bon, "frontiers": {m: [{k: p[k] for k in ("beta", "kl_ref",
                "gold_reward", "gold_ci")} for p in pts] for m, pts in groups.items()}}  # fmt: skip
+    if paired_results:
+        results["paired_at_beta"] = paired_results
     fits = gao_fits(groups, bon, sft["gold_reward"]) if sft is not None else {}
     if fits:
         plot_law(fits, groups, bon, sft["gold_reward"], out_dir / "overoptimisation_law.png")
