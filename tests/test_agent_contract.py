@@ -6,6 +6,7 @@ TensorBoard events without duplicated steps after a resume."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -223,6 +224,21 @@ def test_final_model_exists_and_loads(kind, trained, tmp_path):
     loaded = load(kind, final, tmp_path)
     for key, value in outputs(kind, agent).items():
         assert torch.equal(outputs(kind, loaded)[key], value), key
+
+
+POLICY_ONLY = {"sft", "dpo", "reinforce", "grpo", "online_dpo"}
+"""The agents whose saved files are their policy alone (PPO adds its critic, the scorers their
+heads): their ``final/`` reuses the last checkpoint's files instead of writing them again."""
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_final_links_the_last_checkpoints_policy_files_when_they_are_the_same(kind, trained):
+    agent, _ = trained(kind)  # STEPS = 4 with save_every = 2: a checkpoint at the last step
+    final = agent.run_dir / FINAL_DIR
+    policy = agent.run_dir / CHECKPOINT_DIR / "policy"
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        linked = (policy / name).is_file() and os.path.samefile(final / name, policy / name)
+        assert linked == (kind in POLICY_ONLY), (kind, name)
 
 
 # -- resume refusals and resume without a checkpoint -------------------------------------------------
