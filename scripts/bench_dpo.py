@@ -1,9 +1,12 @@
 """``python scripts/bench_dpo.py``: one DPO epoch, ours vs TRL's ``DPOTrainer``, in the same run.
 
 Same starting weights, preference file, batch size, β, max length, learning rate and schedule
-(linear decay, no warm-up), gradient clipping 1.0, fp32 on CPU. Timed: constructor + one epoch
-(both include tokenisation; ours includes the up-front reference pass and its checkpoint, TRL
-keeps a reference model and runs it every step, its default). Both final policies are then
+(linear decay, no warm-up), gradient clipping 1.0, fp32 on CPU. Timed alike on both sides: the
+policy loaded from its directory, the constructor (both tokenise), one epoch, and what a run
+leaves on disk — a checkpoint with the optimiser state and the final policy (ours: its last
+checkpoint and ``final/``; TRL: ``save_strategy="epoch"`` and ``save_model``). Ours computes the
+reference log-probs in one pass up front; TRL keeps a reference model and runs it every step,
+its default. Both final policies are then
 scored with the same DPO loss on all pairs against the same reference log-probs.
 
 Prints one line: ``dpo_epoch_vs_trl ratio=<ours/trl wall time> ...``. Needs the ``bench`` extra
@@ -98,21 +101,22 @@ def run_trl(args, policy: Path, pairs: Path, out_dir: Path) -> tuple[float, floa
         for r in rows
         if r["chosen"] != r["rejected"]
     ]
+    start = time.perf_counter()
     model, tokenizer = load_policy(policy)
     config = TRLConfig(
         output_dir=str(out_dir), per_device_train_batch_size=args.batch_size,
         num_train_epochs=1, beta=args.beta, max_length=args.max_length,
         learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
-        max_grad_norm=1.0, weight_decay=0.0, logging_steps=10, save_strategy="no",
+        max_grad_norm=1.0, weight_decay=0.0, logging_steps=10, save_strategy="epoch",
         report_to="none", use_cpu=True, seed=args.seed, data_seed=args.seed,
         dataloader_num_workers=0, disable_tqdm=True, bf16=False,
     )  # fmt: skip
-    start = time.perf_counter()
     trainer = DPOTrainer(
         model=model, args=config, train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )  # fmt: skip
     output = trainer.train()
+    trainer.save_model(str(out_dir / "final"))
     seconds = time.perf_counter() - start
     return seconds, float(output.training_loss), trainer.model
 

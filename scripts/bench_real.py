@@ -341,16 +341,20 @@ def dpo_pairs(work: Path, model: Path, args) -> Path:
 
 
 def dpo_epochs(model: Path, pairs: Path, args, precision: str, work: Path) -> tuple[float, float]:
-    """Seconds of one DPO epoch, ours and TRL's (constructor included: both tokenise)."""
+    """Median seconds over ``--repeats`` of one DPO epoch, ours and TRL's, alternating (each
+    from the saved model to a run on disk: ``scripts.bench_dpo``)."""
     from scripts.bench_dpo import run_ours, run_trl
 
     options = argparse.Namespace(
         seed=0, batch_size=args.dpo_batch, beta=0.1, max_length=128, learning_rate=1e-6
     )
+    ours, trl = [], []
     with contextlib.redirect_stdout(io.StringIO()):
-        ours = run_ours(options, model, pairs, work / "ours-dpo")[0]
-        trl = float("nan") if args.no_trl else run_trl(options, model, pairs, work / "trl-dpo")[0]
-    return ours, trl
+        for i in range(args.repeats):
+            ours.append(run_ours(options, model, pairs, work / f"ours-dpo{i}")[0])
+            if not args.no_trl:
+                trl.append(run_trl(options, model, pairs, work / f"trl-dpo{i}")[0])
+    return statistics.median(ours), statistics.median(trl) if trl else float("nan")
 
 
 # -- report -------------------------------------------------------------------------------------
