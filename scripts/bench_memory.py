@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,10 @@ def measure_in_subprocess(setup: str, args: argparse.Namespace) -> dict:
     cmd += ["--iterations", str(args.iterations), "--lora-r", str(args.lora_r)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    # malloc at its default: freed memory goes back to the OS, so the peak measures what the
+    # setup holds rather than what ``agents.harness.allocator`` keeps for reuse
+    env = {**os.environ, "TOKENMDP_KEEP_FREED_MEMORY": "0"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"setup {setup} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
