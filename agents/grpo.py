@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -286,7 +287,9 @@ class GRPO(PromptBudget, Agent):
         steps = online_steps(config.total_prompts, config.batch_size)
         params = trainable_parameters(self.policy)
         self.optimizers = {"policy": make_optimizer(params, config.optim, steps)}
-        self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
+        self.train_forward = self.dist.prepare(
+            partial(policy_logits, share_prompts=self.sampling.share_prompts), policy=self.policy
+        )
         self.max_new_tokens = self.env.setup.max_new_tokens
 
     # -- one iteration ----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ is also the rollout's re-scoring, as GRPO's single pass: no second policy forwar
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
@@ -310,7 +311,9 @@ class OnlineDPO(PromptBudget, Agent):
         steps = online_steps(config.total_prompts, config.batch_size)
         params = trainable_parameters(self.policy)
         self.optimizers = {"policy": make_optimizer(params, config.optim, steps)}
-        self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
+        self.train_forward = self.dist.prepare(
+            partial(policy_logits, share_prompts=self.sampling.share_prompts), policy=self.policy
+        )
         self.sampler = None
         if config.mixture_coef > 0:  # odd rows: the mixture's sample of each prompt
             mixed = torch.arange(self.env.num_envs, device=self.dist.device) % 2 == 1
@@ -371,7 +374,9 @@ class OnlineDPO(PromptBudget, Agent):
         )
         logits = self.train_forward(roll.input_ids, roll.attention_mask, roll.prompt_width,
                                     self.precision, self.vocab_size)  # fmt: skip
-        ref_logits = reference_logits(self.ref, roll, self.precision, self.vocab_size)
+        ref_logits = reference_logits(
+            self.ref, roll, self.precision, self.vocab_size, self.sampling.share_prompts
+        )
         mask = roll.completion_mask
         rollout_scores = distribution_scores(logits.detach(), ref_logits, roll.completion_ids,
                                              mask, self.sampling)  # fmt: skip

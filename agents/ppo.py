@@ -25,6 +25,7 @@ state). The critic is still trained on the GAE returns and clips its own value l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -147,11 +148,15 @@ def policy_logits_and_values(
     prompt_width: int,
     precision: str,
     vocab_size: int | None = None,
+    share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training forward pass: (B, T, vocab) completion logits and (B, T) values before each
-    completion token (run as one module, so DDP synchronises both models' gradients)."""
+    """The training forward pass: (B, T, vocab) completion logits (``share_prompts``:
+    ``completion_logits``'s) and (B, T) values before each completion token (run as one
+    module, so DDP synchronises both models' gradients)."""
     with autocast(precision):
-        logits = completion_logits(policy, input_ids, attention_mask, prompt_width, vocab_size)
+        logits = completion_logits(
+            policy, input_ids, attention_mask, prompt_width, vocab_size, share_prompts
+        )
         values = completion_values(critic, input_ids, attention_mask, prompt_width)[:, :-1]
     return logits, values
 
@@ -188,7 +193,9 @@ class PPO(PromptBudget, Agent):
             enable_gradient_checkpointing(self.critic.backbone)
         self.dist.check_divisible(minibatch_size=config.minibatch_size)
         self.train_forward = self.dist.prepare(
-            policy_logits_and_values, policy=self.policy, critic=self.critic
+            partial(policy_logits_and_values, share_prompts=self.sampling.share_prompts),
+            policy=self.policy,
+            critic=self.critic,
         )
         steps = online_steps(config.total_prompts, config.batch_size)
         self.optimizers = {

@@ -19,14 +19,30 @@ from agents.harness.config import build_config
 C = TypeVar("C")
 
 TINY_MODEL_OPTIONS: dict[str, dict[str, Any]] = {
-    "sft": {"optim.learning_rate": 2e-3},
-    "reward_model": {"optim.learning_rate": 5e-4},
-    "prm": {"optim.learning_rate": 5e-4},
-    "dpo": {"optim.learning_rate": 3e-4},
-    "ppo": {"optim.learning_rate": 3e-4},
-    "reinforce": {"optim.learning_rate": 3e-4},
-    "grpo": {"optim.learning_rate": 1e-4},
-    "online_dpo": {"optim.learning_rate": 3e-4},
+    "sft": {"optim.learning_rate": 2e-3, "optim.fused_adamw": False},
+    "reward_model": {"optim.learning_rate": 5e-4, "optim.fused_adamw": False},
+    "prm": {"optim.learning_rate": 5e-4, "optim.fused_adamw": False},
+    "dpo": {"optim.learning_rate": 3e-4, "optim.fused_adamw": False},
+    "ppo": {
+        "optim.learning_rate": 3e-4,
+        "optim.fused_adamw": False,
+        "sampling.share_prompts": False,
+    },
+    "reinforce": {
+        "optim.learning_rate": 3e-4,
+        "optim.fused_adamw": False,
+        "sampling.share_prompts": False,
+    },
+    "grpo": {
+        "optim.learning_rate": 1e-4,
+        "optim.fused_adamw": False,
+        "sampling.share_prompts": False,
+    },
+    "online_dpo": {
+        "optim.learning_rate": 3e-4,
+        "optim.fused_adamw": False,
+        "sampling.share_prompts": False,
+    },
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -135,7 +136,9 @@ class Reinforce(PromptBudget, Agent):
         self.optimizers = {
             "policy": make_optimizer(trainable_parameters(self.policy), config.optim, steps)
         }
-        self.train_forward = self.dist.prepare(policy_logits, policy=self.policy)
+        self.train_forward = self.dist.prepare(
+            partial(policy_logits, share_prompts=self.sampling.share_prompts), policy=self.policy
+        )
         self.running_mean = 0.0
 
     def _state(self):

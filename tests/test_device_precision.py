@@ -75,9 +75,15 @@ def test_defaults_suit_a_pretrained_checkpoint_and_the_preset_keeps_the_old_ones
     assert cls().optim.learning_rate == PRETRAINED_RATES[agent]
     tiny = tiny_model_config(agent, cls)
     assert tiny.optim.learning_rate == OLD_TINY_RATES[agent]
+    # the old optimiser loop and full scoring passes: the tiny models' results bit for bit
+    assert cls().optim.fused_adamw and not tiny.optim.fused_adamw
+    sampling = getattr(cls(), "sampling", None)
+    if sampling is not None:
+        assert sampling.share_prompts and not tiny.sampling.share_prompts
     # the preset holds only what changed: every other option is the agent's default
-    assert dataclasses.replace(tiny, optim=cls().optim) == cls()
-    assert all(key.startswith("optim.") for key in TINY_MODEL_OPTIONS[agent])
+    groups = {"optim": cls().optim} | ({"sampling": sampling} if sampling is not None else {})
+    assert dataclasses.replace(tiny, **groups) == cls()
+    assert all(key.split(".")[0] in groups for key in TINY_MODEL_OPTIONS[agent])
 
 
 def test_tiny_model_config_takes_fields_and_whole_groups():

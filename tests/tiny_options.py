@@ -7,9 +7,14 @@ from agents.presets import TINY_MODEL_OPTIONS
 
 
 def tiny_model_argv(agent: str) -> list[str]:
-    """``agent``'s tiny-model options as ``--option value`` pairs (its optimiser's options are
-    flat on the command line: ``optim.learning_rate`` is ``--learning-rate``)."""
+    """``agent``'s tiny-model options as ``--option value`` pairs, a boolean as ``--option`` or
+    ``--no-option`` (its optimiser's options are flat on the command line:
+    ``optim.learning_rate`` is ``--learning-rate``)."""
     argv = []
     for key, value in TINY_MODEL_OPTIONS[agent].items():
-        argv += [f"--{key.rsplit('.', 1)[-1].replace('_', '-')}", repr(value)]
+        flag = key.rsplit(".", 1)[-1].replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            argv += [f"--{flag}", repr(value)]
     return argv

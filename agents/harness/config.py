@@ -45,6 +45,11 @@ class OptimConfig:
     """After warm-up: constant | linear (decay to 0 at the last step)."""
     max_grad_norm: float = 1.0
     """Clip each model's gradient norm to this (0 = no clipping)."""
+    fused_adamw: bool = True
+    """torch's fused AdamW kernel (one pass over all parameters: ~7x faster than the loop on a
+    135M model on 2 CPU cores; TRL's default, ``optim="adamw_torch_fused"``); False: torch's
+    per-parameter loop (its CPU default; the tiny models' presets keep it, for their results
+    bit for bit — the two agree to ~1e-7 per step, not to the bit)."""
 
     def __post_init__(self) -> None:
         check_positive("learning_rate", self.learning_rate, float)

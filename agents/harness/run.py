@@ -68,7 +68,10 @@ def make_optimizer(
     """AdamW and its schedule over the run's ``total_steps`` loop steps: linear warm-up over
     ``warmup_steps``, then constant or linear decay to 0 at ``total_steps``."""
     optimizer = torch.optim.AdamW(
-        params, lr=lr or optim.learning_rate, weight_decay=optim.weight_decay
+        params,
+        lr=lr or optim.learning_rate,
+        weight_decay=optim.weight_decay,
+        fused=optim.fused_adamw,
     )
     warmup, linear = optim.warmup_steps, optim.lr_schedule == "linear"
 

@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from agents.models.lora import BaseWeightsReference, unwrap
 from llm_env.tokenizer import check_tokenizer, eos_id_list, load_tokenizer
 
 
@@ -37,6 +38,12 @@ class SamplingConfig:
     """Keep the k most likely tokens (0 = all)."""
     top_p: float = 1.0
     """Keep the smallest set of tokens with cumulative probability >= top_p (1.0 = all)."""
+    share_prompts: bool = True
+    """Score the samples (policy and reference forwards, the training forward included) with
+    each distinct prompt run once, its completions packed after it in one row
+    (``shared_prompt_logits``): G samples of a prompt pay for its prompt once. The same
+    numbers up to rounding; False: one full pass per row (the tiny models' presets, for their
+    results bit for bit). The rollout's pre-fill shares a group's prompt either way."""
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -45,6 +52,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.share_prompts, bool):
+            raise TypeError(f"share_prompts must be True or False, got {self.share_prompts!r}")
 
     @property
     def truncates(self) -> bool:
@@ -142,6 +151,7 @@ def completion_logits(
     attention_mask: torch.Tensor,
     prompt_width: int,
     vocab_size: int | None = None,
+    share_prompts: bool = False,
 ) -> torch.Tensor:
     """Logits predicting each completion token, from ONE forward pass over the full sequences.
 
@@ -150,7 +160,15 @@ def completion_logits(
     on the T predicting positions only (``logits_to_keep``), and ``vocab_size`` (the tokenizer's
     size; None = all) drops a padded embedding table's rows beyond the vocabulary, so they get
     no probability anywhere (sampling, log-probs, exact KL, entropy).
+
+    ``share_prompts``: where rows repeat a prompt (a group's G samples, in any row order), each
+    distinct prompt runs once with its completions packed after it (``shared_prompt_logits``);
+    the same logits up to rounding, gradients included.
     """
+    if share_prompts:
+        shared = shared_prompt_logits(model, input_ids, attention_mask, prompt_width, vocab_size)
+        if shared is not None:
+            return shared
     T = input_ids.shape[1] - prompt_width
     out = model(
         input_ids=input_ids,
@@ -162,6 +180,92 @@ def completion_logits(
     if out.logits.shape[1] != T + 1:  # a model without logits_to_keep: all positions
         return out.logits[:, prompt_width - 1 : -1, :vocab_size]
     return out.logits[:, :-1, :vocab_size]
+
+
+def distinct_prompts(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The rows' distinct prompts: (U,) one row holding each and (B,) each row's index into
+    them; None when no two rows share a prompt (ids and mask both equal)."""
+    keys, inverse = torch.unique(
+        torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1), dim=0, return_inverse=True
+    )
+    if len(keys) == len(prompt_ids):
+        return None
+    rows = torch.arange(len(prompt_ids), device=prompt_ids.device)
+    first = torch.full((len(keys),), len(prompt_ids), dtype=torch.long, device=rows.device)
+    return first.scatter_reduce(0, inverse, rows, reduce="amin"), inverse
+
+
+def shared_prompt_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    vocab_size: int | None = None,
+) -> torch.Tensor | None:
+    """``completion_logits`` in ONE forward that runs each distinct prompt once.
+
+    Row u of the packed batch holds prompt u and then, slot after slot, the first T − 1 tokens
+    of each of its completions; a 4-D mask lets every completion token see its prompt and its
+    own earlier tokens only, and position ids restart after the prompt, so each token is
+    computed as in its own row of the full pass. With G samples per prompt the prompt columns
+    cost 1/G of the full pass, every weight is used once (one gradient, no accumulation), and
+    no KV cache is involved (gradient checkpointing applies unchanged). None — run the full
+    pass — when no prompt repeats, a completion has one token, or the attention kernel takes
+    no 4-D mask (only ``sdpa`` and ``eager`` do)."""
+    W, T = prompt_width, input_ids.shape[1] - prompt_width
+    groups = distinct_prompts(input_ids[:, :W], attention_mask[:, :W]) if T > 1 else None
+    lm = unwrap(model.policy if isinstance(model, BaseWeightsReference) else model)
+    kernel = getattr(getattr(lm, "config", None), "_attn_implementation", None)
+    if groups is None or kernel not in ("sdpa", "eager"):
+        return None
+    first, inverse = groups
+    U, L, device = len(first), T - 1, input_ids.device
+    # each row's slot among the rows of its prompt (0, 1, ... in row order)
+    order = torch.sort(inverse, stable=True).indices
+    counts = torch.bincount(inverse, minlength=U)
+    starts = counts.cumsum(0) - counts
+    slot = torch.empty_like(inverse)
+    slot[order] = torch.arange(len(inverse), device=device) - starts[inverse[order]]
+    N = W + int(counts.max()) * L
+    columns = W + slot[:, None] * L + torch.arange(L, device=device)  # (B, L) packed columns
+    rows = inverse[:, None].expand(-1, L)
+    positions = position_ids_from_mask(attention_mask)
+    ids = torch.zeros((U, N), dtype=input_ids.dtype, device=device)
+    ids[:, :W] = input_ids[first, :W]
+    ids[rows, columns] = input_ids[:, W:-1]
+    packed_positions = torch.zeros_like(ids)
+    packed_positions[:, :W] = positions[first, :W]
+    packed_positions[rows, columns] = positions[:, W:-1]
+    real = torch.zeros((U, N), dtype=torch.bool, device=device)  # keys that are tokens
+    real[:, :W] = attention_mask[first, :W] > 0
+    real[rows, columns] = attention_mask[:, W:-1] > 0
+    segment = torch.full((U, N), -2, dtype=torch.long, device=device)  # -2: an unused slot
+    segment[:, :W] = -1  # the prompt
+    segment[rows, columns] = slot[:, None].expand(-1, L)
+    q, k = torch.arange(N, device=device)[:, None], torch.arange(N, device=device)[None, :]
+    seg_q, seg_k = segment[:, :, None], segment[:, None, :]
+    sees = (seg_k == -1) & ((seg_q >= 0) | (k <= q))  # the prompt: all of it from a slot
+    sees |= (seg_q == seg_k) & (seg_q >= 0) & (k <= q)  # its own slot, causally
+    sees &= real[:, None, :]  # as the full pass's padding mask: a masked token's query too
+    sees |= ~sees.any(-1, keepdim=True) & (q == k)  # never an empty row (its softmax is NaN)
+    mask = sees[:, None]  # sdpa takes it as is; eager adds it to the scores
+    if kernel == "eager":
+        dtype = next(lm.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(
+            ~mask, torch.finfo(dtype).min
+        )
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=packed_positions,
+        **keep_last_logits(model, N - W + 1),
+    )
+    logits = out.logits[:, -(N - W + 1) :]  # (U, 1 + slots·L, V): prompt's last, then slots
+    head = logits[inverse, :1]
+    tail = logits[rows, columns - (W - 1)]
+    return torch.cat([head, tail], dim=1)[..., :vocab_size]
 
 
 def token_logprobs(

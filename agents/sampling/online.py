@@ -106,14 +106,19 @@ def distribution_scores(
 
 @torch.no_grad()
 def reference_logits(
-    ref: torch.nn.Module | None, roll: Rollout, precision: str, vocab_size: int | None = None
+    ref: torch.nn.Module | None,
+    roll: Rollout,
+    precision: str,
+    vocab_size: int | None = None,
+    share_prompts: bool = False,
 ) -> torch.Tensor | None:
-    """The reference's (B, T, V) completion logits: ONE forward pass (None without a reference)."""
+    """The reference's (B, T, V) completion logits: ONE forward pass (None without a reference;
+    ``share_prompts``: ``completion_logits``'s)."""
     if ref is None:
         return None
     with autocast(precision):
         return completion_logits(
-            ref, roll.input_ids, roll.attention_mask, roll.prompt_width, vocab_size
+            ref, roll.input_ids, roll.attention_mask, roll.prompt_width, vocab_size, share_prompts
         )
 
 
@@ -127,12 +132,14 @@ def score_rollout(
     vocab_size: int | None = None,
 ) -> RolloutScores:
     """ONE full-sequence forward each of policy and reference over the whole rollout batch
-    (``ref=None``: no reference; its log-probs and the KL are then None)."""
+    (``ref=None``: no reference; its log-probs and the KL are then None), each distinct prompt
+    run once if ``sampling.share_prompts``."""
+    share = sampling.share_prompts
     with autocast(precision):
         logits = completion_logits(
-            policy, roll.input_ids, roll.attention_mask, roll.prompt_width, vocab_size
+            policy, roll.input_ids, roll.attention_mask, roll.prompt_width, vocab_size, share
         )
-    ref_logits = reference_logits(ref, roll, precision, vocab_size)
+    ref_logits = reference_logits(ref, roll, precision, vocab_size, share)
     return distribution_scores(logits, ref_logits, roll.completion_ids, roll.completion_mask,
                                sampling)  # fmt: skip
 
@@ -150,7 +157,9 @@ def training_forward_scores(
         logprobs=roll.logprobs[order], rewards=roll.rewards[order],
         gold_rewards=roll.gold_rewards[order], prompts=[], completions=[], finish_reasons=[],
     )  # fmt: skip
-    ref_logits = reference_logits(agent.ref, shuffled, agent.precision, agent.vocab_size)
+    ref_logits = reference_logits(
+        agent.ref, shuffled, agent.precision, agent.vocab_size, agent.sampling.share_prompts
+    )
     scores = distribution_scores(logits, ref_logits, shuffled.completion_ids,
                                  shuffled.completion_mask, agent.sampling)  # fmt: skip
     inverse = torch.argsort(order)
@@ -179,10 +188,14 @@ def policy_logits(
     prompt_width: int,
     precision: str,
     vocab_size: int | None = None,
+    share_prompts: bool = False,
 ) -> torch.Tensor:
-    """The training forward pass of a critic-free agent: (B, T, vocab) completion logits."""
+    """The training forward pass of a critic-free agent: (B, T, vocab) completion logits
+    (``share_prompts``: ``completion_logits``'s)."""
     with autocast(precision):
-        return completion_logits(policy, input_ids, attention_mask, prompt_width, vocab_size)
+        return completion_logits(
+            policy, input_ids, attention_mask, prompt_width, vocab_size, share_prompts
+        )
 
 
 def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module:

@@ -19,6 +19,7 @@ from agents.grpo import GRPO, GRPOConfig
 from agents.harness.config import OptimConfig
 from agents.harness.distributed import set_num_threads
 from agents.maths.kl import KL_ESTIMATORS, KLConfig
+from agents.models.policy import SamplingConfig
 from llm_env.models import tiny_gpt2
 from llm_env.tasks import Task
 from llm_env.tasks.toy import PROMPT, completions, toy_env_kwargs, toy_task
@@ -244,7 +245,9 @@ def grpo_config(k: str, placement: str, seed: int, config: KLStudyConfig) -> GRP
         minibatch_size=config.batch_size * config.group_size,
         total_prompts=config.batch_size * config.iterations, precision="fp32", save_every=0,
         log_every=0, scale_rewards="none", loss_type="dr_grpo", kl_placement=placement,
-        optim=OptimConfig(learning_rate=config.learning_rate, lr_schedule="linear"),
+        optim=OptimConfig(learning_rate=config.learning_rate, lr_schedule="linear",
+                          fused_adamw=False),  # a tiny model: the presets' settings
+        sampling=SamplingConfig(share_prompts=False),
         kl=KLConfig(beta=config.beta, kl_estimator=k),
     )  # fmt: skip
 

@@ -137,7 +137,7 @@ class Evaluator(HeldoutSet):
     the vocabulary at each generated position), k1 KL to the SFT policy per completion, and the
     length picture (``length_metrics``: right vs wrong answers, share cut at the limit)."""
 
-    sampling = SamplingConfig()
+    sampling = SamplingConfig(share_prompts=False)  # full passes: the published numbers' rounding
 
     def __call__(self, policy) -> dict:
         vocab = len(self.env.tokenizer)
