@@ -21,6 +21,7 @@ from agents.harness.config import OptimConfig
 from agents.harness.distributed import set_num_threads
 from agents.models.policy import completion_logits
 from agents.models.precision import autocast
+from agents.presets import tiny_model_config
 from agents.sampling.online import iteration_prompts, sample
 from llm_env.tasks import make_task
 from scripts.bench_ppo import timed
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     task = make_task(args.task)
     tokenizer = task.tokenizer()
     policy = llm_env.tiny_gpt2(tokenizer)
-    config = GRPOConfig(
-        batch_size=args.batch_size, group_size=args.group_size,
+    # a tiny GPT-2 of a built-in task: its preset (agents.presets), as the pipeline runs it
+    config = tiny_model_config(
+        "grpo", GRPOConfig, batch_size=args.batch_size, group_size=args.group_size,
         minibatch_size=args.minibatch_size, num_iterations=args.num_iterations,
         precision=args.precision, save_every=0, optim=OptimConfig(learning_rate=1e-5),
     )  # fmt: skip
