@@ -108,6 +108,10 @@ def test_shared_prompts_fall_back_to_the_full_pass_where_nothing_is_shared():
     assert shared_prompt_logits(model, ids[distinct], mask[distinct], W, vocab) is None
     assert shared_prompt_logits(model, ids[:, : W + 1], mask[:, : W + 1], W, vocab) is None
     assert shared_prompt_logits(model, ids, mask, W, vocab) is not None
+    # 8 completions of a 1-token prompt: one row of 1 + 8·4 tokens, 33² > 2 · 8 · 6² attention
+    same = ids[[0] * 8, W - 1 :], mask[[0] * 8, W - 1 :]
+    assert shared_prompt_logits(model, *same, 1, vocab) is None
+    assert shared_prompt_logits(model, same[0][:3], same[1][:3], 1, vocab) is not None  # 13² ≤ 216
     model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask
     assert shared_prompt_logits(model, ids, mask, W, vocab) is None
     with pytest.raises(TypeError, match="share_prompts must be True or False"):

@@ -212,8 +212,10 @@ def shared_prompt_logits(
     computed as in its own row of the full pass. With G samples per prompt the prompt columns
     cost 1/G of the full pass, every weight is used once (one gradient, no accumulation), and
     no KV cache is involved (gradient checkpointing applies unchanged). None — run the full
-    pass — when no prompt repeats, a completion has one token, or the attention kernel takes
-    no 4-D mask (only ``sdpa`` and ``eager`` do)."""
+    pass — when no prompt repeats, a completion has one token, the attention kernel takes no
+    4-D mask (only ``sdpa`` and ``eager`` do), or the packed rows' attention (U·N² for rows
+    of N tokens) would exceed twice the full pass's (B·(W + T)²): many long completions of a
+    short prompt, where attention, not the prompt, is the cost."""
     W, T = prompt_width, input_ids.shape[1] - prompt_width
     groups = distinct_prompts(input_ids[:, :W], attention_mask[:, :W]) if T > 1 else None
     lm = unwrap(model.policy if isinstance(model, BaseWeightsReference) else model)
@@ -229,6 +231,8 @@ def shared_prompt_logits(
     slot = torch.empty_like(inverse)
     slot[order] = torch.arange(len(inverse), device=device) - starts[inverse[order]]
     N = W + int(counts.max()) * L
+    if U * N * N > 2 * input_ids.shape[0] * input_ids.shape[1] ** 2:
+        return None  # the packed rows' attention and mask would cost over twice the full pass's
     columns = W + slot[:, None] * L + torch.arange(L, device=device)  # (B, L) packed columns
     rows = inverse[:, None].expand(-1, L)
     positions = position_ids_from_mask(attention_mask)
