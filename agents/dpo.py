@@ -34,8 +34,7 @@ from agents.data.offline import (
     load_preference_pairs,
     offline_schedule,
     offline_step,
-    pad_batch,
-    sequence_logprobs,
+    pair_logprobs,
 )
 from agents.evaluation import evaluate
 from agents.harness.checkpoint import atomic_directory, checkpoint_status
@@ -51,7 +50,7 @@ from agents.models.lora import (
     with_lora,
 )
 from agents.models.memory import enable_gradient_checkpointing
-from agents.models.policy import SamplingConfig, check_same_tokenizer, stop_ids, to_device
+from agents.models.policy import SamplingConfig, check_same_tokenizer, stop_ids
 from agents.models.precision import resolve_precision
 from llm_env.vector import TokenMDPVectorEnv
 
@@ -145,6 +144,10 @@ class DPOConfig(AgentConfig):
     """sigmoid (DPO) | ipo | conservative (cDPO, label-smoothed)."""
     label_smoothing: float = 0.1
     """ε of the conservative loss: the assumed probability that a label is flipped."""
+    share_prompts: bool = True
+    """Run each pair's prompt once: its chosen and rejected completions packed after it in one
+    row under a 4-D mask (``shared_prompt_pair_logprobs``; the same log-probs to rounding);
+    False: the two rows right-padded separately (the tiny models' preset, bit for bit)."""
     eval_every: int = 16
     """Sample through the env for reward/gold and kl/ref every this many steps (and at the end)."""
     eval_prompts: int = 64
@@ -162,6 +165,8 @@ class DPOConfig(AgentConfig):
         check_choice("loss_type", self.loss_type, DPO_LOSSES)
         check_positive("beta", self.beta, float)
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, "[)")
+        if not isinstance(self.share_prompts, bool):
+            raise TypeError(f"share_prompts must be True or False, got {self.share_prompts!r}")
         check_positive("eval_prompts", self.eval_prompts, allow_zero=True)
         check_positive("eval_num_envs", self.eval_num_envs)
         check_positive("eval_temperature", self.eval_temperature, float)
@@ -207,7 +212,7 @@ class DPO(Agent):
         self.ref_dir = self._reference_dir(policy, ref_policy)
         self.eval_env_kwargs = eval_env_kwargs
         self.ref_chosen_logps = self.ref_rejected_logps = None
-        self.train_logprobs = self.dist.prepare(sequence_logprobs, policy=self.policy)
+        self.train_logprobs = self.dist.prepare(pair_logprobs, policy=self.policy)
         self.schedule = (
             offline_schedule(len(self.chosen), config, self.dist.world_size) if self.chosen else []
         )
@@ -246,20 +251,17 @@ class DPO(Agent):
         if self.ref_dir is not None and not (self.ref_dir / "config.json").is_file():
             raise FileNotFoundError(f"--resume: the run's reference {self.ref_dir} is missing")
 
-    def pair_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """Chosen rows then rejected rows, right-padded together: (2·pairs, L)."""
-        rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
-        return to_device(pad_batch(rows, self.tokenizer.pad_token_id), self.dist.device)
-
     def pair_logps(
         self, forward: torch.nn.Module, indices: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Sequence log-probs of chosen and rejected, (pairs,) each, from ONE forward pass of
-        ``forward(batch, precision, vocab_size)`` (``sequence_logprobs`` of the policy or the
-        reference)."""
-        batch = self.pair_batch(indices)
-        logps = forward(batch, self.precision, self.vocab_size).sum(-1)
-        return logps[: len(indices)], logps[len(indices) :], int(batch["attention_mask"].sum())
+        ``forward`` (``pair_logprobs`` of the policy or the reference), and the pairs' tokens."""
+        chosen = [self.chosen[i] for i in indices]
+        rejected = [self.rejected[i] for i in indices]
+        logps = forward(chosen, rejected, self.tokenizer.pad_token_id, self.dist.device,
+                        self.precision, self.vocab_size, self.config.share_prompts)  # fmt: skip
+        tokens = sum(len(ids) for ids, _ in chosen + rejected)
+        return logps[: len(indices)], logps[len(indices) :], tokens
 
     @torch.no_grad()
     def reference_logps(self, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,7 +270,7 @@ class DPO(Agent):
         Pairs are visited in length order, so these no-grad batches carry little padding. With
         several processes each computes every N-th batch and the results are summed.
         """
-        ref = TrainForward(sequence_logprobs, {"reference": self.reference_model()})
+        ref = TrainForward(pair_logprobs, {"reference": self.reference_model()})
         lengths = [max(len(c[0]), len(r[0])) for c, r in zip(self.chosen, self.rejected)]
         order = np.argsort(lengths, kind="stable")
         chosen = torch.zeros(len(order))

@@ -22,7 +22,11 @@ TINY_MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "sft": {"optim.learning_rate": 2e-3, "optim.fused_adamw": False},
     "reward_model": {"optim.learning_rate": 5e-4, "optim.fused_adamw": False},
     "prm": {"optim.learning_rate": 5e-4, "optim.fused_adamw": False},
-    "dpo": {"optim.learning_rate": 3e-4, "optim.fused_adamw": False},
+    "dpo": {
+        "optim.learning_rate": 3e-4,
+        "optim.fused_adamw": False,
+        "share_prompts": False,
+    },
     "ppo": {
         "optim.learning_rate": 3e-4,
         "optim.fused_adamw": False,

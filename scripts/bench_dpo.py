@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.data.offline import sequence_logprobs
+from agents.data.offline import pair_logprobs
 from agents.data.preferences import PreferenceConfig, sample_preferences
 from agents.dpo import DPO, DPOConfig, dpo_loss
 from agents.harness.config import OptimConfig
@@ -125,7 +125,7 @@ def run_trl(args, policy: Path, pairs: Path, out_dir: Path) -> tuple[float, floa
 def final_loss(dpo: DPO, model: torch.nn.Module) -> float:
     """DPO loss of ``model`` on every pair, against ``dpo``'s reference log-probs."""
     model.eval()
-    forward = functools.partial(sequence_logprobs, model)  # forward(batch, precision)
+    forward = functools.partial(pair_logprobs, model)  # forward(chosen, rejected, ...)
     losses = []
     for start in range(0, len(dpo.chosen), 128):
         idx = np.arange(start, min(start + 128, len(dpo.chosen)))

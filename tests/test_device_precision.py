@@ -80,8 +80,11 @@ def test_defaults_suit_a_pretrained_checkpoint_and_the_preset_keeps_the_old_ones
     sampling = getattr(cls(), "sampling", None)
     if sampling is not None:
         assert sampling.share_prompts and not tiny.sampling.share_prompts
+    if hasattr(cls(), "share_prompts"):  # DPO: a pair's prompt run once
+        assert cls().share_prompts and not tiny.share_prompts
     # the preset holds only what changed: every other option is the agent's default
     groups = {"optim": cls().optim} | ({"sampling": sampling} if sampling is not None else {})
+    groups |= {"share_prompts": True} if hasattr(cls(), "share_prompts") else {}
     assert dataclasses.replace(tiny, **groups) == cls()
     assert all(key.split(".")[0] in groups for key in TINY_MODEL_OPTIONS[agent])
 

@@ -31,6 +31,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import agents.data.offline
 import agents.dpo
 import agents.grpo
 import agents.ppo
@@ -254,8 +255,11 @@ def test_dpo_scores_both_completions_with_their_end_of_turn(
 ):
     rows = [json.loads(line) for line in chat_data["pairs"].read_text().splitlines()]
     batches = []
-    monkeypatch.setattr(agents.dpo, "pad_batch", recording(batches, agents.dpo.pad_batch))
-    config = offline_config(DPOConfig, eval_prompts=0, optim=OptimConfig(1e-2))
+    # the padded rows, to read what is scored (the packed path gives the same log-probs:
+    # tests/test_shared_prompts.py)
+    offline = agents.data.offline
+    monkeypatch.setattr(offline, "pad_batch", recording(batches, offline.pad_batch))
+    config = offline_config(DPOConfig, eval_prompts=0, optim=OptimConfig(1e-2), share_prompts=False)
     history = DPO(sft_run[0], None, chat_data["pairs"], config, tmp_path).learn()
     texts = scored_texts(tok, batches)
     both = conversations(tok, rows, "chosen") | conversations(tok, rows, "rejected")

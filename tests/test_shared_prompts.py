@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agents.data.offline import pair_logprobs, shared_prompt_pair_logprobs
 from agents.grpo import GRPO, GRPOConfig
 from agents.harness.config import OptimConfig
 from agents.maths.kl import KLConfig
@@ -163,3 +164,37 @@ def test_grpo_with_shared_prompts_takes_the_same_step(pretrained_llama, tmp_path
     gap = max((f - s).abs().max().item()
               for f, s in zip(full_weights.values(), shared_weights.values()))  # fmt: skip
     assert gap < 1e-4
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_pairs_with_shared_prompts_give_the_padded_batch_logprobs_and_gradients(architecture):
+    """DPO's pairs: prompts of 5 and 3 tokens, completions of 1 to 4 tokens (a lone EOS
+    included), the rejected side longer or shorter than the chosen."""
+    model, vocab = tiny(architecture)
+    g = torch.Generator().manual_seed(1)
+
+    def row(prompt, n):
+        return prompt + torch.randint(vocab, (n,), generator=g).tolist(), len(prompt)
+
+    prompts = [torch.randint(vocab, (n,), generator=g).tolist() for n in (5, 3, 5)]
+    chosen = [row(prompts[0], 3), row(prompts[1], 1), row(prompts[2], 4)]
+    rejected = [row(prompts[0], 4), row(prompts[1], 2), row(prompts[2], 1)]
+    results = []
+    for share in (False, True):
+        logps = pair_logprobs(model, chosen, rejected, 0, torch.device("cpu"), "fp32", vocab, share)
+        (logps * torch.tensor([1.0, -2.0, 0.5, 3.0, 1.5, -1.0])).sum().backward()
+        results.append((logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad(set_to_none=True)
+    (padded, padded_grads), (shared, shared_grads) = results
+    # by hand for one sequence: the lone-EOS chosen completion of pair 1 is one token
+    ids, n_prompt = chosen[1]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, n_prompt - 1, :vocab]
+    assert padded[1].item() == pytest.approx(logits.log_softmax(-1)[ids[-1]].item(), abs=1e-5)
+    torch.testing.assert_close(shared, padded, atol=1e-5, rtol=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+    device = torch.device("cpu")
+    assert shared_prompt_pair_logprobs(model, chosen, rejected, device, "fp32", vocab) is not None
+    truncated = [(rejected[0][0][1:], rejected[0][1] - 1), *rejected[1:]]  # another prompt
+    assert shared_prompt_pair_logprobs(model, chosen, truncated, device, "fp32", vocab) is None

@@ -36,7 +36,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.checks import check_positive
 from agents.models.lora import causal_lm
-from agents.models.policy import load_policy, position_ids_from_mask
+from agents.models.policy import (
+    load_policy,
+    packed_attention_mask,
+    packing_pays,
+    packs,
+    position_ids_from_mask,
+)
 from agents.models.precision import autocast
 from llm_env.chat import Messages, check_messages, render_completion, render_text
 from llm_env.tasks import read_jsonl
@@ -295,6 +301,96 @@ def sequence_logprobs(
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     logprobs[mask] = -F.cross_entropy(logits.float(), targets, reduction="none")
     return logprobs
+
+
+def shared_prompt_pair_logprobs(
+    model: torch.nn.Module,
+    chosen: Sequence[tuple[list[int], int]],
+    rejected: Sequence[tuple[list[int], int]],
+    device: torch.device,
+    precision: str = "fp32",
+    vocab_size: int | None = None,
+) -> torch.Tensor | None:
+    """(2 · pairs,) sequence log-probs Σ_t log π(y_t | x, y_<t) of the chosen then the rejected
+    completions (``encode_examples`` rows), in ONE forward that runs each pair's prompt once.
+
+    Row i of the packed batch: the prompt's p tokens, then the chosen completion's tokens but
+    its last, then the rejected one's; a 4-D mask (``packed_attention_mask``) lets each
+    completion see the prompt and itself only and positions restart at p for each, so every
+    token is computed as in its own row of ``pad_batch`` + ``sequence_logprobs``; the prompt's
+    last position predicts both first tokens. The same sums to rounding, gradients included.
+    None — use the padded batch — when a pair's two prompts differ (truncated differently), a
+    completion is empty, the kernel takes no 4-D mask, or the packed attention would cost over
+    twice the padded batch's."""
+    packed_lm = packs(model)
+    prompts = [ids[:p] for ids, p in chosen]
+    if packed_lm is None or any(
+        pc != pr or c[:pc] != r[:pr] or pc < 1 or len(c) == pc or len(r) == pr
+        for (c, pc), (r, pr) in zip(chosen, rejected)
+    ):
+        return None
+    n, P = len(chosen), max(len(p) for p in prompts)
+    Mc = max(len(c) - pc - 1 for c, pc in chosen)
+    Mr = max(len(r) - pr - 1 for r, pr in rejected)
+    N, full_width = P + Mc + Mr, max(len(ids) for ids, _ in [*chosen, *rejected])
+    if not packing_pays(n, N, 2 * n, full_width):
+        return None
+    ids = torch.zeros((n, N), dtype=torch.long)
+    positions = torch.zeros((n, N), dtype=torch.long)
+    real = torch.zeros((n, N), dtype=torch.bool)
+    segment = torch.full((n, N), -2, dtype=torch.long)
+    rows, columns, targets, sides = [], [], [], []
+    for i, prompt in enumerate(prompts):
+        p = len(prompt)
+        ids[i, :p], positions[i, :p] = torch.tensor(prompt), torch.arange(p)
+        real[i, :p], segment[i, :p] = True, -1
+        for side, ((seq, _), start) in enumerate(((chosen[i], P), (rejected[i], P + Mc))):
+            body = seq[p:-1]  # the completion's tokens but its last: each predicts the next
+            end = start + len(body)
+            ids[i, start:end], positions[i, start:end] = (
+                torch.tensor(body),
+                p + torch.arange(len(body)),
+            )
+            real[i, start:end], segment[i, start:end] = True, side
+            predicting = [p - 1, *range(start, end)]  # the prompt's last, then the completion
+            rows += [i] * len(predicting)
+            columns += predicting
+            targets += seq[p:]
+            sides += [side * n + i] * len(predicting)
+    ids, positions, real, segment = (t.to(device) for t in (ids, positions, real, segment))
+    rows, columns, targets, sides = (torch.tensor(x, device=device)
+                                     for x in (rows, columns, targets, sides))  # fmt: skip
+    inputs = {"input_ids": ids, "attention_mask": packed_attention_mask(segment, real, packed_lm),
+              "position_ids": positions, "use_cache": False}  # fmt: skip
+    with autocast(precision), causal_lm(model) as lm:
+        if getattr(lm.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
+            hidden = lm.base_model(**inputs).last_hidden_state
+            logits = lm.get_output_embeddings()(hidden[rows, columns])
+        else:
+            logits = lm(**inputs).logits[rows, columns]
+    logprobs = -F.cross_entropy(logits[:, :vocab_size].float(), targets, reduction="none")
+    return torch.zeros(2 * n, device=device).index_add(0, sides, logprobs)
+
+
+def pair_logprobs(
+    model: torch.nn.Module,
+    chosen: Sequence[tuple[list[int], int]],
+    rejected: Sequence[tuple[list[int], int]],
+    pad_id: int,
+    device: torch.device,
+    precision: str = "fp32",
+    vocab_size: int | None = None,
+    share_prompts: bool = False,
+) -> torch.Tensor:
+    """(2 · pairs,) sequence log-probs of the chosen then the rejected completions in one
+    forward: ``shared_prompt_pair_logprobs`` if ``share_prompts`` and it applies, else the
+    rows right-padded together (``pad_batch``) through ``sequence_logprobs``."""
+    if share_prompts:
+        shared = shared_prompt_pair_logprobs(model, chosen, rejected, device, precision, vocab_size)
+        if shared is not None:
+            return shared
+    batch = {k: v.to(device) for k, v in pad_batch([*chosen, *rejected], pad_id).items()}
+    return sequence_logprobs(model, batch, precision, vocab_size).sum(-1)
 
 
 def batch_schedule(

@@ -197,6 +197,46 @@ def distinct_prompts(
     return first.scatter_reduce(0, inverse, rows, reduce="amin"), inverse
 
 
+def packed_attention_mask(
+    segment: torch.Tensor, real: torch.Tensor, lm: torch.nn.Module
+) -> torch.Tensor:
+    """The (U, 1, N, N) attention mask of packed rows, as ``lm``'s kernel takes it (bool for
+    sdpa, additive for eager). ``segment`` (U, N): −1 for the shared prefix (the prompt), s ≥ 0
+    for slot s (one continuation of it), −2 for unused columns; ``real`` (U, N): the columns
+    holding tokens. A slot's token sees the whole prefix and its own slot up to itself; the
+    prefix is causal; no query sees a column that is not ``real`` (the full pass's padding
+    mask), and a query that would see nothing sees itself (an empty row's softmax is NaN)."""
+    N, device = segment.shape[1], segment.device
+    q, k = torch.arange(N, device=device)[:, None], torch.arange(N, device=device)[None, :]
+    seg_q, seg_k = segment[:, :, None], segment[:, None, :]
+    sees = (seg_k == -1) & ((seg_q >= 0) | (k <= q))  # the prefix: all of it from a slot
+    sees |= (seg_q == seg_k) & (seg_q >= 0) & (k <= q)  # its own slot, causally
+    sees &= real[:, None, :]
+    sees |= ~sees.any(-1, keepdim=True) & (q == k)
+    mask = sees[:, None]
+    if lm.config._attn_implementation == "eager":
+        dtype = next(lm.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(
+            ~mask, torch.finfo(dtype).min
+        )
+    return mask
+
+
+def packing_pays(packed_rows: int, packed_width: int, rows: int, width: int) -> bool:
+    """False when the packed rows' attention and mask (rows · width² entries) would cost over
+    twice the full pass's: many long continuations of a short prefix, where attention, not the
+    prefix, is the cost."""
+    return packed_rows * packed_width**2 <= 2 * rows * width**2
+
+
+def packs(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The ``transformers`` model computing ``model`` (a plain or LoRA model, or a LoRA
+    reference) when its attention kernel takes a 4-D mask (sdpa, eager); else None."""
+    lm = unwrap(model.policy if isinstance(model, BaseWeightsReference) else model)
+    kernel = getattr(getattr(lm, "config", None), "_attn_implementation", None)
+    return lm if kernel in ("sdpa", "eager") else None
+
+
 def shared_prompt_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -218,9 +258,8 @@ def shared_prompt_logits(
     short prompt, where attention, not the prompt, is the cost."""
     W, T = prompt_width, input_ids.shape[1] - prompt_width
     groups = distinct_prompts(input_ids[:, :W], attention_mask[:, :W]) if T > 1 else None
-    lm = unwrap(model.policy if isinstance(model, BaseWeightsReference) else model)
-    kernel = getattr(getattr(lm, "config", None), "_attn_implementation", None)
-    if groups is None or kernel not in ("sdpa", "eager"):
+    lm = packs(model)
+    if groups is None or lm is None:
         return None
     first, inverse = groups
     U, L, device = len(first), T - 1, input_ids.device
@@ -231,8 +270,8 @@ def shared_prompt_logits(
     slot = torch.empty_like(inverse)
     slot[order] = torch.arange(len(inverse), device=device) - starts[inverse[order]]
     N = W + int(counts.max()) * L
-    if U * N * N > 2 * input_ids.shape[0] * input_ids.shape[1] ** 2:
-        return None  # the packed rows' attention and mask would cost over twice the full pass's
+    if not packing_pays(U, N, *input_ids.shape):
+        return None
     columns = W + slot[:, None] * L + torch.arange(L, device=device)  # (B, L) packed columns
     rows = inverse[:, None].expand(-1, L)
     positions = position_ids_from_mask(attention_mask)
@@ -248,18 +287,7 @@ def shared_prompt_logits(
     segment = torch.full((U, N), -2, dtype=torch.long, device=device)  # -2: an unused slot
     segment[:, :W] = -1  # the prompt
     segment[rows, columns] = slot[:, None].expand(-1, L)
-    q, k = torch.arange(N, device=device)[:, None], torch.arange(N, device=device)[None, :]
-    seg_q, seg_k = segment[:, :, None], segment[:, None, :]
-    sees = (seg_k == -1) & ((seg_q >= 0) | (k <= q))  # the prompt: all of it from a slot
-    sees |= (seg_q == seg_k) & (seg_q >= 0) & (k <= q)  # its own slot, causally
-    sees &= real[:, None, :]  # as the full pass's padding mask: a masked token's query too
-    sees |= ~sees.any(-1, keepdim=True) & (q == k)  # never an empty row (its softmax is NaN)
-    mask = sees[:, None]  # sdpa takes it as is; eager adds it to the scores
-    if kernel == "eager":
-        dtype = next(lm.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(
-            ~mask, torch.finfo(dtype).min
-        )
+    mask = packed_attention_mask(segment, real, lm)
     out = model(
         input_ids=ids,
         attention_mask=mask,
