@@ -319,14 +319,18 @@ def shared_prompt_pair_logprobs(
     completion see the prompt and itself only and positions restart at p for each, so every
     token is computed as in its own row of ``pad_batch`` + ``sequence_logprobs``; the prompt's
     last position predicts both first tokens. The same sums to rounding, gradients included.
-    None — use the padded batch — when a pair's two prompts differ (truncated differently), a
-    completion is empty, the kernel takes no 4-D mask, or the packed attention would cost over
+    None — use the padded batch — when there are no pairs, a pair's two prompts differ
+    (truncated differently), a completion is empty, the kernel takes no 4-D mask, or the packed attention would cost over
     twice the padded batch's."""
     packed_lm = packs(model)
     prompts = [ids[:p] for ids, p in chosen]
-    if packed_lm is None or any(
-        pc != pr or c[:pc] != r[:pr] or pc < 1 or len(c) == pc or len(r) == pr
-        for (c, pc), (r, pr) in zip(chosen, rejected)
+    if (
+        packed_lm is None
+        or not chosen
+        or any(
+            pc != pr or c[:pc] != r[:pr] or pc < 1 or len(c) == pc or len(r) == pr
+            for (c, pc), (r, pr) in zip(chosen, rejected)
+        )
     ):
         return None
     n, P = len(chosen), max(len(p) for p in prompts)
