@@ -25,6 +25,12 @@ def check_number(name: str, value: Any, kind: type) -> float:
     return value
 
 
+def check_bool(name: str, value: Any) -> None:
+    """``value`` is True or False (not a truthy string or number), else an error naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_positive(name: str, value: Any, kind: type = int, allow_zero: bool = False) -> None:
     """``value`` is a ``kind`` > 0 (>= 0 with ``allow_zero``), else an error naming ``name``."""
     check_number(name, value, kind)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agents.checks import check_choice, check_positive, check_range, group
+from agents.checks import check_bool, check_choice, check_positive, check_range, group
 from agents.data.offline import (
     Text,
     check_offline_options,
@@ -165,8 +165,7 @@ class DPOConfig(AgentConfig):
         check_choice("loss_type", self.loss_type, DPO_LOSSES)
         check_positive("beta", self.beta, float)
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, "[)")
-        if not isinstance(self.share_prompts, bool):
-            raise TypeError(f"share_prompts must be True or False, got {self.share_prompts!r}")
+        check_bool("share_prompts", self.share_prompts)
         check_positive("eval_prompts", self.eval_prompts, allow_zero=True)
         check_positive("eval_num_envs", self.eval_num_envs)
         check_positive("eval_temperature", self.eval_temperature, float)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from agents.data.offline import pair_logprobs, shared_prompt_pair_logprobs
+from agents.dpo import DPOConfig
 from agents.grpo import GRPO, GRPOConfig
 from agents.harness.config import OptimConfig
 from agents.maths.kl import KLConfig
@@ -115,8 +116,12 @@ def test_shared_prompts_fall_back_to_the_full_pass_where_nothing_is_shared():
     assert shared_prompt_logits(model, same[0][:3], same[1][:3], 1, vocab) is not None  # 13² ≤ 216
     model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask
     assert shared_prompt_logits(model, ids, mask, W, vocab) is None
-    with pytest.raises(TypeError, match="share_prompts must be True or False"):
+    with pytest.raises(TypeError, match="share_prompts must be True or False, got 'yes'"):
         SamplingConfig(share_prompts="yes")
+    with pytest.raises(TypeError, match="share_prompts must be True or False, got 1"):
+        DPOConfig(share_prompts=1)
+    with pytest.raises(TypeError, match="fused_adamw must be True or False, got 'no'"):
+        OptimConfig(fused_adamw="no")
 
 
 def test_shared_prompts_under_gradient_checkpointing_give_the_same_gradients():

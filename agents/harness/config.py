@@ -20,6 +20,7 @@ from typing import Any
 
 from agents.checks import (
     as_container,
+    check_bool,
     check_choice,
     check_number,
     check_positive,
@@ -57,6 +58,7 @@ class OptimConfig:
         check_positive("warmup_steps", self.warmup_steps, allow_zero=True)
         check_choice("lr_schedule", self.lr_schedule, ("constant", "linear"))
         check_positive("max_grad_norm", self.max_grad_norm, float, allow_zero=True)
+        check_bool("fused_adamw", self.fused_adamw)
 
 
 @dataclasses.dataclass
@@ -86,14 +88,10 @@ class AgentConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("device", self.device, DEVICES)
         check_device(self.device)
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise TypeError(
-                f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}"
-            )
+        check_bool("gradient_checkpointing", self.gradient_checkpointing)
         check_positive("log_every", self.log_every, allow_zero=True)
         check_positive("save_every", self.save_every, allow_zero=True)
-        if not isinstance(self.resume, bool):
-            raise TypeError(f"resume must be True or False, got {self.resume!r}")
+        check_bool("resume", self.resume)
 
 
 # Fields that may differ between a run and its resumption (they change no result, or only its

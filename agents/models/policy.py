@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from agents.checks import check_bool
 from agents.models.lora import BaseWeightsReference, unwrap
 from llm_env.tokenizer import check_tokenizer, eos_id_list, load_tokenizer
 
@@ -52,8 +53,7 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.share_prompts, bool):
-            raise TypeError(f"share_prompts must be True or False, got {self.share_prompts!r}")
+        check_bool("share_prompts", self.share_prompts)
 
     @property
     def truncates(self) -> bool:
