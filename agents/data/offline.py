@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,23 +284,36 @@ def sequence_logprobs(
     ``model`` may be a LoRA policy or its ``BaseWeightsReference`` (``causal_lm``).
     """
     mask = batch["loss_mask"].bool()
-    targets = batch["input_ids"][:, 1:][mask]
     inputs = {
         "input_ids": batch["input_ids"],
         "attention_mask": batch["attention_mask"],
         "position_ids": position_ids_from_mask(batch["attention_mask"]),
-        "use_cache": False,
     }
+    scored = scored_logprobs(model, inputs, lambda x: x[:, :-1][mask],
+                             batch["input_ids"][:, 1:][mask], precision, vocab_size)  # fmt: skip
+    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=scored.device)
+    logprobs[mask] = scored
+    return logprobs
+
+
+def scored_logprobs(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    precision: str = "fp32",
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """fp32 log-probs of ``targets`` at the positions ``pick`` takes from a (B, L, ·) output
+    of ``model(**inputs)``. For ``HEAD_ON_SCORED_ONLY`` architectures the LM head runs on
+    those positions only; the log-softmax is over the first ``vocab_size`` logits."""
     with autocast(precision), causal_lm(model) as lm:
         if getattr(lm.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
-            hidden = lm.base_model(**inputs).last_hidden_state[:, :-1]
-            logits = lm.get_output_embeddings()(hidden[mask])  # (scored tokens, vocab)
+            hidden = lm.base_model(**inputs, use_cache=False).last_hidden_state
+            logits = lm.get_output_embeddings()(pick(hidden))  # (scored tokens, vocab)
         else:
-            logits = lm(**inputs).logits[:, :-1][mask]
-    logits = logits[:, :vocab_size]  # (scored tokens, vocab_size)
-    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
-    logprobs[mask] = -F.cross_entropy(logits.float(), targets, reduction="none")
-    return logprobs
+            logits = pick(lm(**inputs, use_cache=False).logits)
+    return -F.cross_entropy(logits[:, :vocab_size].float(), targets, reduction="none")
 
 
 def shared_prompt_pair_logprobs(
@@ -320,8 +333,8 @@ def shared_prompt_pair_logprobs(
     token is computed as in its own row of ``pad_batch`` + ``sequence_logprobs``; the prompt's
     last position predicts both first tokens. The same sums to rounding, gradients included.
     None — use the padded batch — when there are no pairs, a pair's two prompts differ
-    (truncated differently), a completion is empty, the kernel takes no 4-D mask, or the packed attention would cost over
-    twice the padded batch's."""
+    (truncated differently), a completion is empty, the kernel takes no 4-D mask, or the
+    packed attention would cost over twice the padded batch's."""
     packed_lm = packs(model)
     prompts = [ids[:p] for ids, p in chosen]
     if (
@@ -365,14 +378,9 @@ def shared_prompt_pair_logprobs(
     rows, columns, targets, sides = (torch.tensor(x, device=device)
                                      for x in (rows, columns, targets, sides))  # fmt: skip
     inputs = {"input_ids": ids, "attention_mask": packed_attention_mask(segment, real, packed_lm),
-              "position_ids": positions, "use_cache": False}  # fmt: skip
-    with autocast(precision), causal_lm(model) as lm:
-        if getattr(lm.config, "model_type", None) in HEAD_ON_SCORED_ONLY:
-            hidden = lm.base_model(**inputs).last_hidden_state
-            logits = lm.get_output_embeddings()(hidden[rows, columns])
-        else:
-            logits = lm(**inputs).logits[rows, columns]
-    logprobs = -F.cross_entropy(logits[:, :vocab_size].float(), targets, reduction="none")
+              "position_ids": positions}  # fmt: skip
+    logprobs = scored_logprobs(model, inputs, lambda x: x[rows, columns], targets, precision,
+                               vocab_size)  # fmt: skip
     return torch.zeros(2 * n, device=device).index_add(0, sides, logprobs)
 
 
