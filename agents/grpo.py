@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -74,7 +73,7 @@ from agents.sampling.online import (
     iteration_prompts,
     masked_token_logprobs,
     online_steps,
-    policy_logits,
+    policy_train_forward,
     rollout_metrics,
     sample,
     score_rollout,
@@ -287,9 +286,7 @@ class GRPO(PromptBudget, Agent):
         steps = online_steps(config.total_prompts, config.batch_size)
         params = trainable_parameters(self.policy)
         self.optimizers = {"policy": make_optimizer(params, config.optim, steps)}
-        self.train_forward = self.dist.prepare(
-            partial(policy_logits, share_prompts=self.sampling.share_prompts), policy=self.policy
-        )
+        self.train_forward = policy_train_forward(self)
         self.max_new_tokens = self.env.setup.max_new_tokens
 
     # -- one iteration ----------------------------------------------------------------------------

@@ -49,7 +49,6 @@ is also the rollout's re-scoring, as GRPO's single pass: no second policy forwar
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
@@ -81,7 +80,7 @@ from agents.sampling.online import (
     iteration_prompts,
     masked_token_logprobs,
     online_steps,
-    policy_logits,
+    policy_train_forward,
     reference_logits,
     rollout_metrics,
     sample,
@@ -311,9 +310,7 @@ class OnlineDPO(PromptBudget, Agent):
         steps = online_steps(config.total_prompts, config.batch_size)
         params = trainable_parameters(self.policy)
         self.optimizers = {"policy": make_optimizer(params, config.optim, steps)}
-        self.train_forward = self.dist.prepare(
-            partial(policy_logits, share_prompts=self.sampling.share_prompts), policy=self.policy
-        )
+        self.train_forward = policy_train_forward(self)
         self.sampler = None
         if config.mixture_coef > 0:  # odd rows: the mixture's sample of each prompt
             mixed = torch.arange(self.env.num_envs, device=self.dist.device) % 2 == 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from agents.sampling.online import (
     iteration_prompts,
     masked_token_logprobs,
     online_steps,
-    policy_logits,
+    policy_train_forward,
     rollout_metrics,
     sample,
     score_rollout,
@@ -136,9 +135,7 @@ class Reinforce(PromptBudget, Agent):
         self.optimizers = {
             "policy": make_optimizer(trainable_parameters(self.policy), config.optim, steps)
         }
-        self.train_forward = self.dist.prepare(
-            partial(policy_logits, share_prompts=self.sampling.share_prompts), policy=self.policy
-        )
+        self.train_forward = policy_train_forward(self)
         self.running_mean = 0.0
 
     def _state(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -196,6 +197,13 @@ def policy_logits(
         return completion_logits(
             policy, input_ids, attention_mask, prompt_width, vocab_size, share_prompts
         )
+
+
+def policy_train_forward(agent) -> torch.nn.Module:
+    """A critic-free agent's training forward: ``policy_logits`` of ``agent.policy``, prompts
+    shared as ``agent.sampling`` says, wrapped by ``agent.dist`` (DDP with several processes)."""
+    forward = partial(policy_logits, share_prompts=agent.sampling.share_prompts)
+    return agent.dist.prepare(forward, policy=agent.policy)
 
 
 def load_reference(policy, tokenizer, ref_policy: str | None) -> torch.nn.Module:
