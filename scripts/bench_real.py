@@ -18,7 +18,9 @@ random-init model rarely emits a stop token, so both sides generate the full
   forward, one forward + backward (PPO: of policy and critic); the iteration should be within
   1.2× their sum.
 
-Every timing is the median over ``--repeats`` iterations after one warm-up. Prints a per-phase
+Every timing is the median over ``--repeats`` iterations after one warm-up; ours and TRL's
+alternate (GRPO: one of our iterations after each TRL step; DPO: epoch by epoch), so a machine
+whose speed drifts slows both sides alike. Prints a per-phase
 table of our iterations and one ratio line per comparison, for each precision of
 ``--precisions`` (default: fp32 and what ``--precision auto`` picks for this model and device).
 ``--device cuda`` runs every side on the GPU.
@@ -147,19 +149,38 @@ class Phases(contextlib.ExitStack):
         self.enter_context(mock.patch.object(obj, attribute, wrapped))
 
 
+class Iterations:
+    """Times ``step(i)`` calls: the first is a warm-up; the rest give the median seconds and the
+    mean seconds of each phase per timed call (``update``: the rest)."""
+
+    def __init__(self, step, phases: Phases, clock=time.perf_counter):
+        self.step, self.phases, self.clock = step, phases, clock
+        self.times: list[float] = []
+        self.calls = 0
+
+    def __call__(self) -> None:
+        start = self.clock()
+        self.step(self.calls)
+        if self.calls == 0:
+            self.phases.seconds.clear()
+        else:
+            self.times.append(self.clock() - start)
+        self.calls += 1
+
+    def result(self) -> tuple[float, dict[str, float]]:
+        n = len(self.times)
+        per = {k: v / n for k, v in self.phases.seconds.items()}
+        per["update"] = statistics.mean(self.times) - sum(per.values())
+        return statistics.median(self.times), per
+
+
 def median_iteration(step, repeats: int, phases: Phases) -> tuple[float, dict[str, float]]:
     """Median seconds of ``step(i)`` over ``repeats`` calls after a warm-up, and the mean
     seconds of each phase per timed call (``update``: the rest)."""
-    step(0)
-    phases.seconds.clear()
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        step(i + 1)
-        times.append(time.perf_counter() - start)
-    per = {k: v / repeats for k, v in phases.seconds.items()}
-    per["update"] = statistics.mean(times) - sum(per.values())
-    return statistics.median(times), per
+    iterations = Iterations(step, phases)
+    for _ in range(repeats + 1):
+        iterations()
+    return iterations.result()
 
 
 def sync(device: str) -> None:
@@ -193,7 +214,7 @@ def patch_phases(phases: Phases, module, agent, train_forward: str) -> None:
     phases.patch(agent, "_apply_gradients", "optimiser")
 
 
-def ours_grpo(model: Path, prompts: Path, args, precision: str, work: Path):
+def grpo_agent(model: Path, prompts: Path, args, precision: str, work: Path):
     import agents.grpo as grpo
 
     n = args.prompts * args.group_size
@@ -203,10 +224,24 @@ def ours_grpo(model: Path, prompts: Path, args, precision: str, work: Path):
         log_every=0, optim=OptimConfig(learning_rate=1e-6),
         kl=KLConfig(beta=args.beta, kl_estimator="k3"), **device_options(grpo.GRPOConfig, args.device),
     )  # fmt: skip
-    agent = grpo.GRPO(str(model), None, env_kwargs(prompts, args), config, work / "ours-grpo")
+    return grpo.GRPO(str(model), None, env_kwargs(prompts, args), config, work / "ours-grpo")
+
+
+def ours_grpo(model: Path, prompts: Path, args, precision: str, work: Path, with_trl: bool):
+    """Our GRPO iterations (median seconds and phases) and, with ``with_trl``, TRL's
+    ``GRPOTrainer`` steps interleaved with them: one of ours after each of TRL's, so a machine
+    whose speed drifts slows both sides alike. Returns ``((ours, phases), trl, agent)``."""
+    import agents.grpo as grpo
+
+    agent = grpo_agent(model, prompts, args, precision, work)
     with Phases() as phases:
         patch_phases(phases, grpo, agent, "policy fwd")
-        return median_iteration(agent._train_step, args.repeats, phases), agent
+        if not with_trl:
+            return median_iteration(agent._train_step, args.repeats, phases), None, agent
+        iterations = Iterations(agent._train_step, phases)
+        with contextlib.redirect_stdout(io.StringIO()):
+            trl = trl_grpo(model, args, precision, work, between_steps=iterations)
+        return iterations.result(), trl, agent
 
 
 def ours_ppo(model: Path, prompts: Path, args, precision: str, work: Path):
@@ -229,8 +264,9 @@ def ours_ppo(model: Path, prompts: Path, args, precision: str, work: Path):
 # -- TRL ----------------------------------------------------------------------------------------
 
 
-def trl_grpo(model: Path, args, precision: str, work: Path) -> float:
-    """Median seconds of a TRL ``GRPOTrainer`` step (after one warm-up step)."""
+def trl_grpo(model: Path, args, precision: str, work: Path, between_steps=None) -> float:
+    """Median seconds of a TRL ``GRPOTrainer`` step (after one warm-up step); ``between_steps``
+    (no arguments) runs after each step, outside its timing."""
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -243,6 +279,8 @@ def trl_grpo(model: Path, args, precision: str, work: Path) -> float:
 
         def on_step_end(self, *_, **__):
             times.append(time.perf_counter() - self.start)
+            if between_steps is not None:
+                between_steps()
 
     n = args.prompts * args.group_size
     config = GRPOConfig(
@@ -377,17 +415,16 @@ def run_precision(precision: str, model: Path, prompts: Path, pairs: Path, args,
     lines = []
     print(f"== precision {precision}: per-phase seconds of one of our iterations (mean)")
     if "grpo" in methods:
-        (ours, phases), agent = ours_grpo(model, prompts, args, precision, work)
+        (ours, phases), trl, agent = ours_grpo(model, prompts, args, precision, work,
+                                               with_trl=not args.no_trl)  # fmt: skip
         print(phase_line("grpo", ours, phases))
         prims = primitives(agent, agent.precision, args.repeats)
         print(phase_line("prims", sum(prims.values()), prims))
         lines.append(ratio_line("grpo_iter_vs_primitives", ours, sum(prims.values()),
                                 TARGETS["vs_primitives"], shape))  # fmt: skip
-        if not args.no_trl:
-            with contextlib.redirect_stdout(io.StringIO()):
-                trl = trl_grpo(model, args, precision, work)
+        if trl is not None:
             lines.append(ratio_line("grpo_iter_vs_trl", ours, trl, TARGETS["grpo_vs_trl"],
-                                    shape + " (TRL GRPOTrainer step)"))  # fmt: skip
+                                    shape + " (TRL GRPOTrainer step, interleaved)"))  # fmt: skip
         del agent
     if "ppo" in methods:
         (ours, phases), agent = ours_ppo(model, prompts, args, precision, work)

@@ -146,3 +146,25 @@ def test_a_directory_without_a_saved_tokenizer(tmp_path, connection_attempts):
     with pytest.raises(FileNotFoundError, match=f"tokenizer '{tmp_path}' has no tokenizer_config"):
         TokenMDPEnv(**ARITH, tokenizer=str(tmp_path))
     assert connection_attempts == []
+
+
+def test_entry_points_put_the_hugging_face_libraries_offline():
+    """In a fresh process whose environment allows the network, ``import scripts`` (every
+    command and benchmark imports it) turns the hub offline even after ``huggingface_hub`` was
+    imported, so TRL's trainers send no telemetry (no telemetry thread is started)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import huggingface_hub.constants as c, huggingface_hub.utils._telemetry as t\n"
+        "assert not c.HF_HUB_OFFLINE\n"
+        "import scripts, os\n"
+        "from huggingface_hub.utils import send_telemetry\n"
+        "send_telemetry('tokenmdp-test')\n"
+        "print(c.is_offline_mode(), c.HF_HUB_DISABLE_TELEMETRY, t._TELEMETRY_THREAD,"
+        " os.environ['TRANSFORMERS_OFFLINE'], os.environ['HF_DATASETS_OFFLINE'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "None", "1", "1"]

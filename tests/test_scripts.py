@@ -233,6 +233,26 @@ def test_bench_dpo_smoke(capsys):
     assert "pairs=" in line and "final_loss ours=" in line
 
 
+def test_bench_real_iterations_drop_the_warm_up():
+    """``Iterations``: call 0 is a warm-up (its time and phases dropped), the median and the
+    per-phase means come from the rest, ``update`` is the unphased remainder (by hand, with a
+    fake clock). The GRPO comparison calls it from TRL's callback after each TRL step."""
+    clock = iter([0.0, 10.0, 13.0, 20.0, 22.0, 30.0, 34.0])  # warm-up start; start/end of the rest
+    phases, calls = bench_real.Phases(), []
+
+    def step(i):
+        calls.append(i)
+        phases.seconds["rollout"] += 1.0 + i  # 1, 2, 3, 4 s
+
+    iterations = bench_real.Iterations(step, phases, clock=lambda: next(clock))
+    for _ in range(4):
+        iterations()
+    median, per = iterations.result()
+    assert calls == [0, 1, 2, 3] and iterations.times == [3.0, 2.0, 4.0]
+    assert median == 3.0
+    assert per == pytest.approx({"rollout": (2 + 3 + 4) / 3, "update": 3.0 - 3.0})
+
+
 @pytest.mark.slow
 def test_bench_real_smoke(capsys):
     pytest.importorskip("trl")

@@ -98,7 +98,9 @@ def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tens
 
     ``logits``: (..., vocab). Returns (..., vocab) in fp32.
     """
-    logits = logits.float() / sampling.temperature
+    logits = logits.float()
+    if sampling.temperature != 1.0:  # x / 1 == x exactly: skip the (..., vocab) copy
+        logits = logits / sampling.temperature
     if sampling.top_k > 0 and sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
